@@ -1,0 +1,73 @@
+"""The life cycle every service process follows, and the entry point its __main__ calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from mesh.config import ConfigError, ServiceConfig, load_config
+from mesh.server import ServiceRuntime, prepare_process
+
+log = logging.getLogger(__name__)
+
+
+class App(Protocol):
+    """A service: its runtime (server) plus whatever it opens and closes around it."""
+
+    runtime: ServiceRuntime
+
+    async def open(self) -> None:
+        """Connect dependencies and report SERVING when ready (the server already listens)."""
+
+    async def close(self) -> None:
+        """Release resources after the server drained."""
+
+
+ConfigT = TypeVar("ConfigT", bound=ServiceConfig)
+
+
+@contextlib.asynccontextmanager
+async def running(app: App) -> AsyncIterator[App]:
+    """Start the server, open the app, and on exit drain, stop and close (tests use this)."""
+    await app.runtime.start()
+    try:
+        await app.open()
+        yield app
+    finally:
+        await app.runtime.stop()
+        try:
+            await app.close()
+        except Exception:
+            log.exception("%s: error while closing", app.runtime.name)
+
+
+async def run_until_signal(app: App) -> None:
+    async with running(app):
+        await app.runtime.wait_for_stop_signal()
+
+
+def service_main(
+    name: str,
+    model: type[ConfigT],
+    build: Callable[[ConfigT], App],
+    argv: list[str] | None = None,
+) -> int:
+    """Parse ``--config``, validate it (exit 2 naming the bad key), run until a signal."""
+    parser = argparse.ArgumentParser(prog=f"python -m {name}_svc", description=f"EdgeBot {name}")
+    parser.add_argument("--config", type=Path, help="YAML config file (defaults are embedded)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(model, args.config, name)
+        prepare_process(config, name)
+        app = build(config)
+    except ConfigError as exc:
+        print(f"edgebot {name}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_until_signal(app))
+    return 0

@@ -1,0 +1,208 @@
+"""Typed service configuration: one YAML file per service, overridden by EDGEBOT_* env vars.
+
+Environment overrides name a key path with ``__`` between levels, after either the global
+prefix ``EDGEBOT_`` or a service prefix such as ``EDGEBOT_INGEST_`` (which wins):
+``EDGEBOT_SERVER__PORT=50051``, ``EDGEBOT_STORAGE_SQLITE__PATH=/data/events.db``.
+Values that look like JSON lists or objects are parsed as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+GLOBAL_ENV_PREFIX = "EDGEBOT_"
+ENV_PATH_SEPARATOR = "__"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the key and the reason."""
+
+
+class Section(BaseModel):
+    """Base for every configuration section: unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerConfig(Section):
+    host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
+    port: int = Field(0, ge=0, le=65535, description="mTLS gRPC port; 0 picks a free port.")
+    health_port: int | None = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Plaintext port serving only grpc.health.v1 (Kubernetes probes); "
+        "null disables it, 0 picks a free port.",
+    )
+    metrics_port: int | None = Field(
+        0, ge=0, le=65535, description="Prometheus exposition port; null disables it."
+    )
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Max gRPC message.")
+    max_concurrent_streams: int = Field(256, ge=1, description="Per-connection stream limit.")
+    keepalive_time_s: float = Field(30.0, gt=0, description="Server keepalive ping interval.")
+    keepalive_timeout_s: float = Field(10.0, gt=0, description="Keepalive ack timeout.")
+    max_connection_age_s: float | None = Field(
+        None, gt=0, description="Close connections after this age so long streams rebalance."
+    )
+    grace_period_s: float = Field(10.0, ge=0, description="Drain time on SIGTERM/SIGINT.")
+
+
+class TlsConfig(Section):
+    enabled: bool = Field(
+        True, description="mTLS on. Disabling it is a logged, local-development-only opt-in."
+    )
+    ca_file: Path | None = Field(None, description="CA bundle that signs peers' certificates.")
+    cert_file: Path | None = Field(None, description="This process's certificate (PEM).")
+    key_file: Path | None = Field(None, description="This process's private key (PEM).")
+
+    def require_files(self, section: str) -> tuple[Path, Path, Path]:
+        missing = [
+            name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name) is None
+        ]
+        if missing:
+            raise ConfigError(f"{section}.{missing[0]}: required when {section}.enabled is true")
+        assert self.ca_file and self.cert_file and self.key_file
+        for name, path in (
+            ("ca_file", self.ca_file),
+            ("cert_file", self.cert_file),
+            ("key_file", self.key_file),
+        ):
+            if not path.is_file():
+                raise ConfigError(f"{section}.{name}: file not found: {path}")
+        return self.ca_file, self.cert_file, self.key_file
+
+
+class AuthConfig(Section):
+    operator_tokens_file: Path | None = Field(
+        None,
+        description="File with one operator bearer token per line; callers presenting one "
+        "in 'authorization: Bearer <token>' act as an operator.",
+    )
+
+
+class LoggingConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a TTY, JSON otherwise."
+    )
+
+
+class TracingConfig(Section):
+    enabled: bool = Field(True, description="Create spans and propagate W3C trace context.")
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/gRPC collector address; spans are exported only when set."
+    )
+
+
+class ClientConfig(Section):
+    """How a service reaches another one."""
+
+    addresses: list[str] = Field(
+        default_factory=list, description="host:port list; several are balanced round-robin."
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Deadline of each call.")
+
+
+class ServiceConfig(Section):
+    """Sections every service shares."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def load_config(
+    model: type[ConfigT],
+    path: Path | None,
+    service: str,
+    environ: Mapping[str, str] | None = None,
+) -> ConfigT:
+    """Read ``path`` (if given), apply env overrides, validate; raise ConfigError on misuse."""
+    data = _read_yaml(path)
+    env = os.environ if environ is None else environ
+    known = set(model.model_fields)
+    for prefix in (GLOBAL_ENV_PREFIX, f"{GLOBAL_ENV_PREFIX}{service.upper()}_"):
+        for key_path, value in _env_overrides(env, prefix, known):
+            _set_path(data, key_path, value)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+
+
+def _read_yaml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return loaded
+
+
+def _env_overrides(
+    env: Mapping[str, str], prefix: str, known: set[str]
+) -> list[tuple[list[str], Any]]:
+    overrides = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith(prefix):
+            continue
+        key_path = [part.lower() for part in name[len(prefix) :].split(ENV_PATH_SEPARATOR)]
+        if key_path[0] in known:
+            overrides.append((key_path, _parse_env_value(raw)))
+    return overrides
+
+
+def _parse_env_value(raw: str) -> Any:
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    if stripped.lower() in ("null", "none", "~"):
+        return None
+    return raw
+
+
+def _set_path(data: dict[str, Any], key_path: list[str], value: Any) -> None:
+    node = data
+    for key in key_path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[key_path[-1]] = value
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        reason = error["msg"]
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key"
+        value = error.get("input")
+        shown = "" if error["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
+        problems.append(f"{key}: {reason}{shown}")
+    return f"invalid configuration{where}: " + "; ".join(problems)

@@ -1,0 +1,66 @@
+"""OpenTelemetry tracing with W3C trace context carried in gRPC metadata."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import set_global_textmap
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from mesh.config import TracingConfig
+
+log = logging.getLogger(__name__)
+PROPAGATOR = TraceContextTextMapPropagator()
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def setup_tracing(config: TracingConfig, service: str) -> TracerProvider | None:
+    """Install a tracer provider for this process; export over OTLP when configured."""
+    if not config.enabled:
+        return None
+    set_global_textmap(PROPAGATOR)
+    provider = TracerProvider(resource=Resource.create({"service.name": f"edgebot-{service}"}))
+    if config.otlp_endpoint:
+        exporter = _otlp_exporter(config.otlp_endpoint)
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def _otlp_exporter(endpoint: str) -> SpanExporter | None:
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+            OTLPSpanExporter,
+        )
+    except ImportError:
+        log.warning(
+            "tracing.otlp_endpoint is set but opentelemetry-exporter-otlp-proto-grpc is not "
+            "installed; spans stay local (pip install opentelemetry-exporter-otlp-proto-grpc)"
+        )
+        return None
+    exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    return exporter
+
+
+def extract_context(
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+) -> otel_context.Context:
+    carrier = {k: v for k, v in metadata or () if k in _TRACE_KEYS and isinstance(v, str)}
+    return PROPAGATOR.extract(carrier)
+
+
+def inject_metadata(
+    metadata: Sequence[tuple[str, str | bytes]] | None,
+) -> list[tuple[str, str | bytes]]:
+    """Metadata plus the current span's traceparent/tracestate."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier)
+    kept = [(k, v) for k, v in metadata or () if k not in _TRACE_KEYS]
+    return kept + list(carrier.items())

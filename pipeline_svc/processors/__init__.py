@@ -1,0 +1,6 @@
+"""Pipeline processors; importing this package registers every built-in type."""
+
+from pipeline_svc.processors import severity, timestamp
+from pipeline_svc.processors.base import REGISTRY, Item, Outcome, Processor, create
+
+__all__ = ["REGISTRY", "Item", "Outcome", "Processor", "create", "severity", "timestamp"]

@@ -1,0 +1,141 @@
+"""PipelineService servicer: protobuf in and out; the work is in pipeline.py."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from gen.edgebot.v1 import event_pb2, pipeline_pb2, pipeline_pb2_grpc
+from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
+from mesh.errors import abort_invalid
+from pipeline_svc.config import PipelineServiceConfig
+from pipeline_svc.pipeline import BatchResult, Pipeline, ProcessorTotals
+
+SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+POLICY = AccessPolicy(
+    methods={
+        "Process": kinds(Kind.SERVICE, Kind.OPERATOR),
+        "DescribePipeline": kinds(Kind.SERVICE, Kind.OPERATOR),
+        "GetStats": kinds(Kind.SERVICE, Kind.OPERATOR),
+    }
+)
+
+
+def _stats(name: str, totals: ProcessorTotals) -> pipeline_pb2.ProcessorStats:
+    stats = pipeline_pb2.ProcessorStats(
+        name=name, processed=totals.processed, modified=totals.modified, errors=totals.errors
+    )
+    stats.duration.FromNanoseconds(int(totals.seconds * 1e9))
+    return stats
+
+
+class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
+    def __init__(self, pipeline: Pipeline, max_batch_events: int) -> None:
+        self.pipeline = pipeline
+        self.max_batch_events = max_batch_events
+        self.start_time = Timestamp()
+        self.start_time.GetCurrentTime()
+        self.batches = self.events = self.rejected = self.quarantined = 0
+
+    async def Process(
+        self, request: pipeline_pb2.ProcessRequest, context: grpc.aio.ServicerContext
+    ) -> pipeline_pb2.ProcessResponse:
+        count = len(request.batch.events)
+        if count > self.max_batch_events:
+            await abort_invalid(
+                context,
+                "batch.events",
+                f"{count} events exceed the limit of {self.max_batch_events}",
+            )
+        result = self.pipeline.run(list(request.batch.events))
+        self._count(count, result)
+        return _response(result)
+
+    def _count(self, count: int, result: BatchResult) -> None:
+        self.batches += 1
+        self.events += count
+        self.rejected += len(result.rejected)
+        self.quarantined += len(result.quarantined)
+
+    async def DescribePipeline(
+        self, request: pipeline_pb2.DescribePipelineRequest, context: grpc.aio.ServicerContext
+    ) -> pipeline_pb2.DescribePipelineResponse:
+        return pipeline_pb2.DescribePipelineResponse(
+            processors=[
+                pipeline_pb2.ProcessorInfo(
+                    name=p.name, stage=p.stage, enabled=True, settings=p.describe()
+                )
+                for p in self.pipeline.processors
+            ]
+        )
+
+    async def GetStats(
+        self,
+        request: pipeline_pb2.PipelineServiceGetStatsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pipeline_pb2.PipelineServiceGetStatsResponse:
+        return pipeline_pb2.PipelineServiceGetStatsResponse(
+            start_time=self.start_time,
+            batches=self.batches,
+            events=self.events,
+            rejected=self.rejected,
+            quarantined=self.quarantined,
+            processors=[_stats(n, t) for n, t in self.pipeline.totals.items()],
+        )
+
+
+def _response(result: BatchResult) -> pipeline_pb2.ProcessResponse:
+    response = pipeline_pb2.ProcessResponse(events=result.events)
+    for rejection in result.rejected:
+        response.rejected.append(
+            event_pb2.DeadLetter(
+                error=event_pb2.EventError(
+                    index=rejection.index,
+                    event_id=rejection.event.id,
+                    field=rejection.field,
+                    reason=rejection.reason,
+                ),
+                event=rejection.event,
+                stage=f"pipeline/{rejection.processor}",
+            )
+        )
+    for quarantine in result.quarantined:
+        response.quarantined.append(
+            event_pb2.QuarantinedEvent(
+                index=quarantine.index,
+                event=quarantine.event,
+                processor=quarantine.processor,
+                reason=quarantine.reason,
+            )
+        )
+    response.stats.extend(_stats(name, totals) for name, totals in result.per_processor)
+    return response
+
+
+class PipelineApp:
+    def __init__(self, config: PipelineServiceConfig) -> None:
+        self.config = config
+        self.pipeline = Pipeline.from_config(config.pipeline)
+        self.servicer = PipelineServicer(self.pipeline, config.pipeline.max_batch_events)
+        self.runtime = ServiceRuntime(
+            name="pipeline",
+            config=config,
+            policy=POLICY,
+            service_names=[SERVICE_NAME],
+            register=lambda server: pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
+                self.servicer, server
+            ),
+        )
+
+    async def open(self) -> None:
+        await self.runtime.set_serving(True)
+
+    async def close(self) -> None:
+        return None
+
+
+def build(config: PipelineServiceConfig) -> PipelineApp:
+    return PipelineApp(config)
+
+
+__all__ = ["PipelineApp", "build"]
