@@ -105,24 +105,24 @@ def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetai
     )
 
 
-class _TraceUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _TraceUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_trace(details), request)
 
 
-class _TraceUnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _TraceUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_trace(details), request)
 
 
-class _TraceStreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _TraceStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(_with_trace(details), request_iterator)
 
 
-class _TraceStreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _TraceStreamStream(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, details: Any, request_iterator: Any
     ) -> Any:

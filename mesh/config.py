@@ -68,7 +68,9 @@ class TlsConfig(Section):
         ]
         if missing:
             raise ConfigError(f"{section}.{missing[0]}: required when {section}.enabled is true")
-        assert self.ca_file and self.cert_file and self.key_file
+        assert self.ca_file
+        assert self.cert_file
+        assert self.key_file
         for name, path in (
             ("ca_file", self.ca_file),
             ("cert_file", self.cert_file),

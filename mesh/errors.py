@@ -6,13 +6,16 @@ from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
+
+from mesh.types import Context
 
 DETAILS_KEY = "grpc-status-details-bin"
 ERROR_DOMAIN = "edgebot.dev"
 
 
-def _status(code: grpc.StatusCode, message: str, *details: object) -> status_pb2.Status:
+def _status(code: grpc.StatusCode, message: str, *details: Message) -> status_pb2.Status:
     packed = []
     for detail in details:
         holder = any_pb2.Any()
@@ -25,7 +28,7 @@ def _trailer(status: status_pb2.Status) -> tuple[tuple[str, bytes], ...]:
     return ((DETAILS_KEY, status.SerializeToString()),)
 
 
-async def abort_invalid(context: grpc.aio.ServicerContext, field: str, reason: str) -> NoReturn:
+async def abort_invalid(context: Context, field: str, reason: str) -> NoReturn:
     """INVALID_ARGUMENT naming the field, with a BadRequest detail."""
     bad = error_details_pb2.BadRequest(
         field_violations=[
@@ -39,7 +42,7 @@ async def abort_invalid(context: grpc.aio.ServicerContext, field: str, reason: s
 
 
 async def abort_with_retry(
-    context: grpc.aio.ServicerContext,
+    context: Context,
     code: grpc.StatusCode,
     message: str,
     retry_after_s: float,
@@ -54,7 +57,7 @@ async def abort_with_retry(
     raise AssertionError("unreachable")
 
 
-async def abort_denied(context: grpc.aio.ServicerContext, message: str, reason: str) -> NoReturn:
+async def abort_denied(context: Context, message: str, reason: str) -> NoReturn:
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     status = _status(grpc.StatusCode.PERMISSION_DENIED, message, info)
     await context.abort(grpc.StatusCode.PERMISSION_DENIED, message, _trailer(status))
@@ -77,7 +80,8 @@ def retry_delay_s(error: grpc.aio.AioRpcError) -> float | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return info.retry_delay.ToMilliseconds() / 1000
+            delay_ms: int = info.retry_delay.ToMilliseconds()
+            return delay_ms / 1000
     return None
 
 

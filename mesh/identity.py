@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-import grpc
-
 from mesh.pki import SPIFFE_TRUST_DOMAIN
+from mesh.types import Context
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +123,7 @@ def kinds(*values: Kind) -> frozenset[Kind]:
     return frozenset(values)
 
 
-def principal_for_call(
-    context: grpc.aio.ServicerContext, tls_enabled: bool, tokens: OperatorTokens
-) -> Principal:
+def principal_for_call(context: Context, tls_enabled: bool, tokens: OperatorTokens) -> Principal:
     if not tls_enabled:
         return INSECURE
     from_token = tokens.match(context.invocation_metadata() or ())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from opentelemetry import trace
@@ -20,14 +21,16 @@ from mesh.identity import (
     reset_current_principal,
     set_current_principal,
 )
+from mesh.types import Context
 
 access_log = logging.getLogger("edgebot.access")
 tracer = trace.get_tracer("edgebot.mesh")
 
 Behavior = Callable[..., Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 
-class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, policy: AccessPolicy, tls_enabled: bool, tokens: OperatorTokens) -> None:
         self.policy = policy
         self.tls_enabled = tls_enabled
@@ -35,9 +38,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None:
             return None
@@ -53,7 +56,7 @@ class _Call:
         service, _, method = full_method.lstrip("/").rpartition("/")
         self.service, self.method = service, method
 
-    async def admit(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def admit(self, context: Context) -> Principal:
         principal = principal_for_call(context, self.owner.tls_enabled, self.owner.tokens)
         if not self.owner.policy.allows(self.full_method, principal):
             metrics.RPC_DENIED.labels(self.service, self.method).inc()
@@ -68,7 +71,7 @@ class _Call:
 
     def finish(
         self,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         principal: Principal,
         start: float,
         error: BaseException | None,
@@ -86,7 +89,7 @@ class _Call:
             )
 
 
-def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+def _code_of(context: Context, error: BaseException | None) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
@@ -97,7 +100,7 @@ def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> 
     return grpc.StatusCode.UNKNOWN if not isinstance(error, Exception) else grpc.StatusCode.INTERNAL
 
 
-def _wrap_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
+def _wrap_handler(handler: Handler, call: _Call) -> Handler:
     common = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -108,10 +111,11 @@ def _wrap_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethod
         return grpc.unary_stream_rpc_method_handler(_stream(handler.unary_stream, call), **common)
     if handler.stream_unary:
         return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, call), **common)
+    assert handler.stream_stream is not None
     return grpc.stream_stream_rpc_method_handler(_stream(handler.stream_stream, call), **common)
 
 
-def _span(call: _Call, context: grpc.aio.ServicerContext) -> trace.Span:
+def _span(call: _Call, context: Context) -> trace.Span:
     parent = tracing.extract_context(context.invocation_metadata())
     return tracer.start_span(
         call.full_method.lstrip("/"),
@@ -122,7 +126,7 @@ def _span(call: _Call, context: grpc.aio.ServicerContext) -> trace.Span:
 
 
 def _unary(behavior: Behavior, call: _Call) -> Behavior:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapped(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         principal = await call.admit(context)
         token = set_current_principal(principal)
@@ -142,7 +146,7 @@ def _unary(behavior: Behavior, call: _Call) -> Behavior:
 
 
 def _stream(behavior: Behavior, call: _Call) -> Behavior:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         principal = await call.admit(context)
         token = set_current_principal(principal)
@@ -167,7 +171,5 @@ def _stream(behavior: Behavior, call: _Call) -> Behavior:
 
 def _reset(token: Any) -> None:
     # A streaming handler may finish in another context than it started in.
-    try:
+    with contextlib.suppress(ValueError):
         reset_current_principal(token)
-    except ValueError:
-        pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ class DevCA:
 
 def ensure_dev_pki(
     directory: Path,
-    services: dict[str, tuple[str, ...]],
+    services: Mapping[str, tuple[str, ...]],
     agents: tuple[str, ...] = (),
     operators: tuple[str, ...] = ("admin",),
 ) -> DevCA:

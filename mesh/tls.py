@@ -74,8 +74,11 @@ def server_credentials(tls: TlsConfig, section: str = "tls") -> grpc.ServerCrede
         fresh = files.changed()
         return config(fresh) if fresh else None
 
+    # gRPC accepts None from the fetcher ("unchanged"); the stubs do not say so.
     return grpc.dynamic_ssl_server_credentials(
-        config(files.current), fetch, require_client_authentication=True
+        config(files.current),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
     )
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gen.edgebot.v1 import event_pb2, pipeline_pb2, pipeline_pb2_grpc
 from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
 from mesh.errors import abort_invalid
+from mesh.types import Context
 from pipeline_svc.config import PipelineServiceConfig
 from pipeline_svc.pipeline import BatchResult, Pipeline, ProcessorTotals
 
@@ -38,7 +38,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self.batches = self.events = self.rejected = self.quarantined = 0
 
     async def Process(
-        self, request: pipeline_pb2.ProcessRequest, context: grpc.aio.ServicerContext
+        self, request: pipeline_pb2.ProcessRequest, context: Context
     ) -> pipeline_pb2.ProcessResponse:
         count = len(request.batch.events)
         if count > self.max_batch_events:
@@ -58,7 +58,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self.quarantined += len(result.quarantined)
 
     async def DescribePipeline(
-        self, request: pipeline_pb2.DescribePipelineRequest, context: grpc.aio.ServicerContext
+        self, request: pipeline_pb2.DescribePipelineRequest, context: Context
     ) -> pipeline_pb2.DescribePipelineResponse:
         return pipeline_pb2.DescribePipelineResponse(
             processors=[
@@ -72,7 +72,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
     async def GetStats(
         self,
         request: pipeline_pb2.PipelineServiceGetStatsRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> pipeline_pb2.PipelineServiceGetStatsResponse:
         return pipeline_pb2.PipelineServiceGetStatsResponse(
             start_time=self.start_time,

@@ -1,0 +1,5 @@
+import sys
+
+from edgebot.cli import main
+
+sys.exit(main())

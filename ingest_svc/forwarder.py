@@ -1,0 +1,169 @@
+"""The ack path: pipeline, then the primary storage commit, then an answer for the agent.
+
+An ack is OK or PARTIAL only after storage committed the batch. Anything else that goes
+wrong downstream becomes RETRY with a delay: the agent keeps the batch and sends it again,
+and storage's batch ledger makes the re-send harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from gen.edgebot.v1 import (
+    event_pb2,
+    ingest_pb2,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+)
+from ingest_svc import metrics
+from ingest_svc.validation import CheckedBatch
+from mesh.errors import retry_delay_s
+
+log = logging.getLogger(__name__)
+PERMANENT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
+
+
+@dataclass
+class Delivery:
+    """What happened to one batch, in the terms of BatchAck and PushResponse."""
+
+    status: ingest_pb2.AckStatus.ValueType
+    received: int
+    accepted: int = 0
+    sanitized: int = 0
+    duplicates: int = 0
+    errors: list[event_pb2.EventError] = field(default_factory=list)
+    sink_results: list[event_pb2.SinkResult] = field(default_factory=list)
+    retry_delay_s: float = 0.0
+    message: str = ""
+
+    def retry_delay(self) -> Duration | None:
+        if not self.retry_delay_s:
+            return None
+        delay = Duration()
+        delay.FromMilliseconds(int(self.retry_delay_s * 1000))
+        return delay
+
+
+class Forwarder:
+    def __init__(
+        self,
+        pipeline: pipeline_pb2_grpc.PipelineServiceAsyncStub,
+        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        pipeline_timeout_s: float,
+        storage_timeout_s: float,
+        default_retry_s: float,
+    ) -> None:
+        self.pipeline = pipeline
+        self.storage = storage
+        self.pipeline_timeout_s = pipeline_timeout_s
+        self.storage_timeout_s = storage_timeout_s
+        self.default_retry_s = default_retry_s
+
+    async def deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
+        received = len(batch.events)
+        try:
+            processed = await self._process(batch, checked)
+            written = await self._write(batch, checked, processed)
+        except grpc.aio.AioRpcError as error:
+            return self._failed(batch, received, error)
+        return _delivered(received, checked, processed, written)
+
+    async def _process(
+        self, batch: event_pb2.EventBatch, checked: CheckedBatch
+    ) -> pipeline_pb2.ProcessResponse:
+        if not checked.valid:
+            return pipeline_pb2.ProcessResponse()
+        request = pipeline_pb2.ProcessRequest(batch=_copy_header(batch))
+        request.batch.events.extend(checked.valid)
+        started = time.perf_counter()
+        try:
+            return await self.pipeline.Process(request, timeout=self.pipeline_timeout_s)
+        finally:
+            metrics.DOWNSTREAM_SECONDS.labels("pipeline").observe(time.perf_counter() - started)
+
+    async def _write(
+        self,
+        batch: event_pb2.EventBatch,
+        checked: CheckedBatch,
+        processed: pipeline_pb2.ProcessResponse,
+    ) -> storage_pb2.WriteResponse:
+        request = storage_pb2.WriteRequest(batch=_copy_header(batch))
+        request.batch.events.extend(processed.events)
+        request.dead_letters.extend(checked.dead_letters)
+        for rejected in processed.rejected:
+            letter = request.dead_letters.add()
+            letter.CopyFrom(rejected)
+            letter.agent_id, letter.batch_id = batch.agent_id, batch.batch_id
+        request.quarantined.extend(processed.quarantined)
+        started = time.perf_counter()
+        try:
+            return await self.storage.Write(request, timeout=self.storage_timeout_s)
+        finally:
+            metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
+
+    def _failed(
+        self, batch: event_pb2.EventBatch, received: int, error: grpc.aio.AioRpcError
+    ) -> Delivery:
+        code = error.code()
+        if code in PERMANENT_CODES:
+            log.warning("batch %s refused downstream: %s", batch.batch_id, error.details())
+            return Delivery(
+                status=ingest_pb2.ACK_STATUS_REJECTED,
+                received=received,
+                message=f"refused downstream: {error.details()}",
+            )
+        delay = retry_delay_s(error) or self.default_retry_s
+        log.warning(
+            "batch %s not stored, agent will retry: %s %s",
+            batch.batch_id,
+            code.name,
+            error.details(),
+        )
+        return Delivery(
+            status=ingest_pb2.ACK_STATUS_RETRY,
+            received=received,
+            retry_delay_s=delay,
+            message=f"downstream {code.name}: {error.details()}",
+        )
+
+
+def _copy_header(batch: event_pb2.EventBatch) -> event_pb2.EventBatch:
+    return event_pb2.EventBatch(
+        batch_id=batch.batch_id, agent_id=batch.agent_id, seq=batch.seq, is_retry=batch.is_retry
+    )
+
+
+def _delivered(
+    received: int,
+    checked: CheckedBatch,
+    processed: pipeline_pb2.ProcessResponse,
+    written: storage_pb2.WriteResponse,
+) -> Delivery:
+    errors = list(checked.errors)
+    errors.extend(letter.error for letter in processed.rejected)
+    errors.extend(
+        event_pb2.EventError(
+            index=q.index, event_id=q.event.id, field="(redaction)", reason=q.reason
+        )
+        for q in processed.quarantined
+    )
+    errors.sort(key=lambda e: e.index)
+    duplicates = written.duplicates
+    return Delivery(
+        status=ingest_pb2.ACK_STATUS_PARTIAL if errors else ingest_pb2.ACK_STATUS_OK,
+        received=received,
+        accepted=len(processed.events),
+        sanitized=len(processed.events),
+        duplicates=duplicates,
+        errors=errors,
+        sink_results=list(written.sink_results),
+        message="batch already stored" if written.duplicate_batch else "",
+    )

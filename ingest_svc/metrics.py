@@ -1,0 +1,37 @@
+"""Ingest metrics, named as the original mothership named them where it had them."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "mothership_ingestion_requests_total",
+    "Batches received (stream batches and Push calls), by ack status.",
+    ["status"],
+)
+EVENTS = Counter(
+    "mothership_ingestion_events_total",
+    "Events received in batches, before validation.",
+)
+ACTIVE_CONNECTIONS = Gauge(
+    "mothership_active_connections",
+    "Open agent streams.",
+)
+ACK_SECONDS = Histogram(
+    "mothership_ingestion_ack_seconds",
+    "Time from receiving a batch to sending its ack.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+INFLIGHT_BATCHES = Gauge(
+    "mothership_ingestion_inflight_batches",
+    "Batches being processed (pipeline and storage) right now.",
+)
+DOWNSTREAM_SECONDS = Histogram(
+    "mothership_ingestion_downstream_seconds",
+    "Duration of calls to the pipeline and storage services.",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REFUSED = Counter(
+    "mothership_ingestion_refused_total",
+    "Streams and Push calls refused before processing, by reason.",
+    ["reason"],
+)

@@ -1,0 +1,348 @@
+"""IngestService servicer: streams with a window of un-acked batches, and unary Push."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from gen.edgebot.v1 import (
+    event_pb2,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    pipeline_pb2,
+    pipeline_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+)
+from ingest_svc import metrics
+from ingest_svc.config import IngestSection, IngestServiceConfig
+from ingest_svc.forwarder import Delivery, Forwarder
+from ingest_svc.validation import CheckedBatch, batch_problem, check_events
+from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds
+from mesh.channel import open_channel
+from mesh.errors import abort_denied, abort_invalid, abort_with_retry
+from mesh.health import DependencyMonitor
+from mesh.types import Context
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+VERSION = "0.1.0"
+POLICY = AccessPolicy(
+    methods={
+        "Stream": kinds(Kind.AGENT, Kind.OPERATOR),
+        "Push": kinds(Kind.AGENT, Kind.OPERATOR),
+    }
+)
+_STATUS_NAMES = {
+    value: name.removeprefix("ACK_STATUS_").lower() for name, value in ingest_pb2.AckStatus.items()
+}
+
+
+def may_send_as(principal: Principal, agent_id: str) -> bool:
+    """Agents send only under their own id; operators (tools) and plaintext dev mode may not
+    be verified against one."""
+    if principal.kind is Kind.AGENT:
+        return principal.name == agent_id
+    return principal.kind in (Kind.OPERATOR, Kind.INSECURE)
+
+
+class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, limits: IngestSection, forwarder: Forwarder) -> None:
+        self.limits = limits
+        self.forwarder = forwarder
+        self.capacity = asyncio.Semaphore(limits.max_inflight_batches)
+        self.streams = 0
+
+    def _saturated(self) -> bool:
+        return self.capacity.locked()
+
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.StreamRequest],
+        context: Context,
+    ) -> AsyncIterator[ingest_pb2.StreamResponse]:
+        await self._admit_stream(context)
+        self.streams += 1
+        metrics.ACTIVE_CONNECTIONS.inc()
+        try:
+            hello = await self._read_hello(request_iterator, context)
+            log.info(
+                "stream opened",
+                extra={"agent_id": hello.agent_id, "agent_version": hello.agent_version},
+            )
+            yield ingest_pb2.StreamResponse(limits=self._advertised())
+            session = _StreamSession(self, hello.agent_id, context)
+            async for response in session.run(request_iterator):
+                yield response
+        finally:
+            self.streams -= 1
+            metrics.ACTIVE_CONNECTIONS.dec()
+
+    async def _admit_stream(self, context: Context) -> None:
+        if self.streams >= self.limits.max_streams:
+            metrics.REFUSED.labels("max_streams").inc()
+            await abort_with_retry(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"ingest has {self.streams} open streams (limit {self.limits.max_streams})",
+                self.limits.retry_delay_s,
+                "MAX_STREAMS",
+            )
+        if self._saturated():
+            metrics.REFUSED.labels("saturated").inc()
+            await abort_with_retry(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "ingest is saturated; retry later",
+                self.limits.retry_delay_s,
+                "SATURATED",
+            )
+
+    async def _read_hello(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.StreamRequest],
+        context: Context,
+    ) -> ingest_pb2.Hello:
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("kind") != "hello":
+            await abort_invalid(context, "hello", "the first message of a stream must be a hello")
+        hello = first.hello
+        if not hello.agent_id:
+            await abort_invalid(context, "hello.agent_id", "required")
+        principal = current_principal()
+        if not may_send_as(principal, hello.agent_id):
+            await abort_denied(
+                context,
+                f"{principal} may not send as agent {hello.agent_id!r}",
+                "AGENT_ID_MISMATCH",
+            )
+        return hello
+
+    def _advertised(self) -> ingest_pb2.Limits:
+        return ingest_pb2.Limits(
+            max_unacked_batches=self.limits.max_unacked_batches,
+            max_events_per_batch=self.limits.max_events_per_batch,
+            max_batch_bytes=self.limits.max_batch_bytes,
+            server_version=VERSION,
+        )
+
+    async def handle_batch(self, batch: event_pb2.EventBatch) -> Delivery:
+        """Validate, forward and account one batch; never raises for downstream trouble."""
+        started = time.perf_counter()
+        metrics.EVENTS.inc(len(batch.events))
+        problem = batch_problem(batch, batch.ByteSize(), self.limits)
+        if problem is not None:
+            delivery = Delivery(
+                status=ingest_pb2.ACK_STATUS_REJECTED, received=len(batch.events), message=problem
+            )
+        else:
+            async with self.capacity:
+                metrics.INFLIGHT_BATCHES.inc()
+                try:
+                    delivery = await self._deliver(batch, check_events(batch, self.limits))
+                finally:
+                    metrics.INFLIGHT_BATCHES.dec()
+        metrics.REQUESTS.labels(_STATUS_NAMES[delivery.status]).inc()
+        metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+        return delivery
+
+    async def _deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
+        try:
+            return await self.forwarder.deliver(batch, checked)
+        except Exception:
+            log.exception("batch %s: unexpected error, agent will retry", batch.batch_id)
+            return Delivery(
+                status=ingest_pb2.ACK_STATUS_RETRY,
+                received=len(batch.events),
+                retry_delay_s=self.limits.retry_delay_s,
+                message="internal error in ingest; retry",
+            )
+
+    async def Push(
+        self, request: ingest_pb2.PushRequest, context: Context
+    ) -> ingest_pb2.PushResponse:
+        batch = request.batch
+        principal = current_principal()
+        if not may_send_as(principal, batch.agent_id):
+            await abort_denied(
+                context,
+                f"{principal} may not send as agent {batch.agent_id!r}",
+                "AGENT_ID_MISMATCH",
+            )
+        if self._saturated():
+            metrics.REFUSED.labels("saturated").inc()
+            await abort_with_retry(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "ingest is saturated; retry later",
+                self.limits.retry_delay_s,
+                "SATURATED",
+            )
+        delivery = await self.handle_batch(batch)
+        if delivery.status == ingest_pb2.ACK_STATUS_REJECTED:
+            field_name, _, reason = delivery.message.partition(": ")
+            await abort_invalid(context, field_name or "batch", reason or delivery.message)
+        return _push_response(batch.batch_id, delivery)
+
+
+class _StreamSession:
+    """One agent stream: reads batches while the window allows, acks as each completes."""
+
+    def __init__(self, servicer: IngestServicer, agent_id: str, context: Context) -> None:
+        self.servicer = servicer
+        self.agent_id = agent_id
+        self.context = context
+        self.window = asyncio.Semaphore(servicer.limits.max_unacked_batches)
+        self.acks: asyncio.Queue[ingest_pb2.StreamResponse | BaseException | None] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(
+        self, requests: AsyncIterator[ingest_pb2.StreamRequest]
+    ) -> AsyncIterator[ingest_pb2.StreamResponse]:
+        reader = asyncio.create_task(self._read(requests), name=f"ingest-read-{self.agent_id}")
+        try:
+            while True:
+                item = await self.acks.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read(self, requests: AsyncIterator[ingest_pb2.StreamRequest]) -> None:
+        try:
+            async for request in requests:
+                # Not reading while the window is full is what pushes back on the agent.
+                await self.window.acquire()
+                problem = self._problem(request)
+                if problem is not None:
+                    self.window.release()
+                    await problem
+                    return
+                task = asyncio.create_task(self._handle(request.batch))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            await self.acks.put(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            await self.acks.put(error)
+
+    def _problem(self, request: ingest_pb2.StreamRequest) -> asyncio.Future[None] | None:
+        if request.WhichOneof("kind") != "batch":
+            return asyncio.ensure_future(
+                abort_invalid(self.context, "batch", "expected a batch after the hello")
+            )
+        if request.batch.agent_id != self.agent_id:
+            return asyncio.ensure_future(
+                abort_denied(
+                    self.context,
+                    f"batch.agent_id {request.batch.agent_id!r} differs from the stream's "
+                    f"agent {self.agent_id!r}",
+                    "AGENT_ID_MISMATCH",
+                )
+            )
+        return None
+
+    async def _handle(self, batch: event_pb2.EventBatch) -> None:
+        try:
+            delivery = await self.servicer.handle_batch(batch)
+            await self.acks.put(ingest_pb2.StreamResponse(ack=_ack(batch, delivery)))
+        finally:
+            self.window.release()
+
+
+def _ack(batch: event_pb2.EventBatch, delivery: Delivery) -> ingest_pb2.BatchAck:
+    return ingest_pb2.BatchAck(
+        batch_id=batch.batch_id,
+        seq=batch.seq,
+        status=delivery.status,
+        accepted=delivery.accepted,
+        rejected=len(delivery.errors),
+        duplicates=delivery.duplicates,
+        errors=delivery.errors,
+        retry_delay=delivery.retry_delay(),
+        sink_results=delivery.sink_results,
+        message=delivery.message,
+    )
+
+
+def _push_response(batch_id: str, delivery: Delivery) -> ingest_pb2.PushResponse:
+    return ingest_pb2.PushResponse(
+        batch_id=batch_id,
+        status=delivery.status,
+        received=delivery.received,
+        sanitized=delivery.sanitized,
+        written=max(0, delivery.accepted - delivery.duplicates),
+        duplicates=delivery.duplicates,
+        errors=delivery.errors,
+        sink_results=delivery.sink_results,
+        retry_delay=delivery.retry_delay(),
+    )
+
+
+class IngestApp:
+    def __init__(self, config: IngestServiceConfig) -> None:
+        self.config = config
+        tls = config.tls
+        self.pipeline_channel = open_channel(
+            config.pipeline.addresses, tls, retry_services=[PIPELINE_SERVICE]
+        )
+        self.storage_channel = open_channel(
+            config.storage.addresses, tls, retry_services=[STORAGE_SERVICE]
+        )
+        forwarder = Forwarder(
+            pipeline_pb2_grpc.PipelineServiceStub(self.pipeline_channel),
+            storage_pb2_grpc.StorageServiceStub(self.storage_channel),
+            config.pipeline.timeout_s,
+            config.storage.timeout_s,
+            config.ingest.retry_delay_s,
+        )
+        self.servicer = IngestServicer(config.ingest, forwarder)
+        self.runtime = ServiceRuntime(
+            name="ingest",
+            config=config,
+            policy=POLICY,
+            service_names=[SERVICE_NAME],
+            register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(
+                self.servicer, server
+            ),
+        )
+        self.monitor = DependencyMonitor(
+            {
+                "pipeline": (self.pipeline_channel, PIPELINE_SERVICE),
+                "storage": (self.storage_channel, STORAGE_SERVICE),
+            },
+            self._dependencies_changed,
+        )
+
+    async def _dependencies_changed(self, ready: bool, state: dict[str, bool]) -> None:
+        await self.runtime.set_serving(ready)
+
+    async def open(self) -> None:
+        await self.monitor.check_once()
+        self.monitor.start()
+
+    async def close(self) -> None:
+        await self.monitor.stop()
+        await self.pipeline_channel.close()
+        await self.storage_channel.close()
+
+
+def build(config: IngestServiceConfig) -> IngestApp:
+    return IngestApp(config)

@@ -1,0 +1,99 @@
+"""Checks a batch against the advertised limits and each event against the field limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gen.edgebot.v1 import event_pb2
+from ingest_svc.config import IngestSection
+
+MAX_ID_LENGTH = 64
+
+
+@dataclass
+class CheckedBatch:
+    """The events that may go on, and per-event errors (with the refused events)."""
+
+    valid: list[event_pb2.Event] = field(default_factory=list)
+    errors: list[event_pb2.EventError] = field(default_factory=list)
+    dead_letters: list[event_pb2.DeadLetter] = field(default_factory=list)
+
+
+def batch_problem(batch: event_pb2.EventBatch, size: int, limits: IngestSection) -> str | None:
+    """Why the batch as a whole can never be accepted, or None."""
+    if not batch.batch_id:
+        return "batch.batch_id: required"
+    if len(batch.batch_id) > MAX_ID_LENGTH:
+        return f"batch.batch_id: longer than {MAX_ID_LENGTH} characters"
+    if len(batch.events) > limits.max_events_per_batch:
+        return (
+            f"batch.events: {len(batch.events)} events exceed the limit of "
+            f"{limits.max_events_per_batch}"
+        )
+    if size > limits.max_batch_bytes:
+        return f"batch: {size} bytes exceed the limit of {limits.max_batch_bytes}"
+    return None
+
+
+def check_events(batch: event_pb2.EventBatch, limits: IngestSection) -> CheckedBatch:
+    checked = CheckedBatch()
+    for index, event in enumerate(batch.events):
+        problem = event_problem(event, limits)
+        if problem is None:
+            checked.valid.append(event)
+            continue
+        field_name, reason = problem
+        error = event_pb2.EventError(
+            index=index, event_id=event.id, field=field_name, reason=reason
+        )
+        checked.errors.append(error)
+        checked.dead_letters.append(
+            event_pb2.DeadLetter(
+                error=error,
+                event=event,
+                stage="ingest",
+                agent_id=batch.agent_id,
+                batch_id=batch.batch_id,
+            )
+        )
+    return checked
+
+
+def event_problem(event: event_pb2.Event, limits: IngestSection) -> tuple[str, str] | None:
+    """(field, reason) for the first limit the event breaks, or None."""
+    if not event.id:
+        return "id", "required"
+    if len(event.id) > MAX_ID_LENGTH:
+        return "id", f"longer than {MAX_ID_LENGTH} characters"
+    if _utf8_len(event.message) > limits.max_message_bytes:
+        return "message", f"longer than {limits.max_message_bytes} bytes"
+    for name in ("type", "source", "host", "service"):
+        if _utf8_len(getattr(event, name)) > limits.max_field_bytes:
+            return name, f"longer than {limits.max_field_bytes} bytes"
+    for map_name in ("attributes", "tags"):
+        problem = _map_problem(map_name, getattr(event, map_name), limits)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _map_problem(
+    name: str, values: dict[str, str], limits: IngestSection
+) -> tuple[str, str] | None:
+    if len(values) > limits.max_attributes:
+        return name, f"{len(values)} entries exceed the limit of {limits.max_attributes}"
+    for key, value in values.items():
+        if not key:
+            return name, "empty key"
+        if _utf8_len(key) > limits.max_field_bytes:
+            return f"{name}[{key[:40]}]", f"key longer than {limits.max_field_bytes} bytes"
+        if _utf8_len(value) > limits.max_field_bytes:
+            return f"{name}[{key}]", f"value longer than {limits.max_field_bytes} bytes"
+    return None
+
+
+def _utf8_len(text: str) -> int:
+    # Characters are at most 4 bytes: skip encoding when even the worst case fits.
+    if len(text) * 4 <= 1024:
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))

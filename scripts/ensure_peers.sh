@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages whose programs the test suite drives as real peers.
+# As root it installs what is missing; otherwise it prints the exact command and fails.
+set -euo pipefail
+
+# command:package pairs
+PEERS=(
+    "logger:bsdutils"
+)
+
+missing=()
+for pair in "${PEERS[@]}"; do
+    command_name="${pair%%:*}"
+    package="${pair##*:}"
+    if ! command -v "$command_name" >/dev/null 2>&1; then
+        missing+=("$package")
+    fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+install_cmd="apt-get update && apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "The test suite needs these Debian packages: ${missing[*]}" >&2
+    echo "Run as root:  $install_cmd" >&2
+    exit 1
+fi
+echo "Installing test peers: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

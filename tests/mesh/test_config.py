@@ -1,0 +1,110 @@
+"""Configuration: YAML + EDGEBOT_* overrides, and start-up failures that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ingest_svc.config import IngestServiceConfig
+from mesh.config import ConfigError, ServiceConfig, load_config
+from pipeline_svc.config import PipelineServiceConfig
+from pipeline_svc.pipeline import Pipeline
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(IngestServiceConfig, None, "ingest", environ={})
+    assert config.tls.enabled is True
+    assert config.pipeline.addresses == ["127.0.0.1:50052"]
+    assert config.ingest.max_unacked_batches == 8
+
+
+def test_yaml_values_are_read(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: 6000\ningest:\n  max_unacked_batches: 3\n")
+    config = load_config(IngestServiceConfig, path, "ingest", environ={})
+    assert config.server.port == 6000
+    assert config.ingest.max_unacked_batches == 3
+
+
+def test_bad_value_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: not-a-port\n")
+    with pytest.raises(ConfigError, match=r"server\.port: .*integer.*'not-a-port'"):
+        load_config(ServiceConfig, path, "pipeline", environ={})
+
+
+def test_out_of_range_value_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "ingest:\n  max_unacked_batches: 0\n")
+    with pytest.raises(ConfigError, match=r"ingest\.max_unacked_batches: .*greater than"):
+        load_config(IngestServiceConfig, path, "ingest", environ={})
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  prot: 6000\n")
+    with pytest.raises(ConfigError, match=r"server\.prot: unknown key"):
+        load_config(ServiceConfig, path, "pipeline", environ={})
+
+
+def test_env_overrides_file_and_service_prefix_wins(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: 6000\n")
+    environ = {
+        "EDGEBOT_SERVER__PORT": "7000",
+        "EDGEBOT_INGEST_SERVER__PORT": "7001",
+        "EDGEBOT_PIPELINE__ADDRESSES": '["10.0.0.1:1", "10.0.0.2:1"]',
+        "EDGEBOT_UNRELATED": "ignored",
+    }
+    config = load_config(IngestServiceConfig, path, "ingest", environ=environ)
+    assert config.server.port == 7001
+    assert config.pipeline.addresses == ["10.0.0.1:1", "10.0.0.2:1"]
+    other = load_config(ServiceConfig, path, "storage", environ=environ)
+    assert other.server.port == 7000
+
+
+def test_bad_env_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"tls\.enabled: .*'perhaps'"):
+        load_config(ServiceConfig, None, "storage", environ={"EDGEBOT_TLS__ENABLED": "perhaps"})
+
+
+def test_unknown_processor_type_names_its_position() -> None:
+    config = PipelineServiceConfig.model_validate(
+        {"pipeline": {"processors": [{"type": "severity_map"}, {"type": "nope"}]}}
+    )
+    with pytest.raises(ConfigError, match=r"pipeline\.processors\.1\.type: unknown processor"):
+        Pipeline.from_config(config.pipeline)
+
+
+def test_bad_processor_setting_names_the_field() -> None:
+    config = PipelineServiceConfig.model_validate(
+        {"pipeline": {"processors": [{"type": "timestamp_normalize", "timezone": "Mars/Base"}]}}
+    )
+    with pytest.raises(ConfigError, match=r"pipeline\.processors\.0\.timezone: .*Mars/Base"):
+        Pipeline.from_config(config.pipeline)
+
+
+def test_missing_certificate_file_names_the_key(tmp_path: Path) -> None:
+    config = ServiceConfig.model_validate(
+        {"tls": {"ca_file": str(tmp_path / "nope.crt"), "cert_file": "x", "key_file": "y"}}
+    )
+    with pytest.raises(ConfigError, match=r"tls\.ca_file: file not found"):
+        config.tls.require_files("tls")
+
+
+@pytest.mark.parametrize("module", ["pipeline_svc", "ingest_svc", "anomaly_svc"])
+def test_service_refuses_to_start_with_a_bad_value(tmp_path: Path, module: str) -> None:
+    path = write(tmp_path, "server:\n  grace_period_s: -1\n")
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "server.grace_period_s" in result.stderr
+    assert "greater than or equal to 0" in result.stderr
