@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(subparsers)
     certs.add_parser(subparsers)
     health.add_parser(subparsers)
+    health.add_probe_parser(subparsers)
     events.add_parser(subparsers)
     return parser
 

@@ -26,6 +26,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(handler=run)
 
 
+def add_probe_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "probe",
+        help="exit 0 if a plaintext health port answers SERVING (container health checks)",
+    )
+    parser.add_argument("address", help="host:port of a service's plaintext health port")
+    parser.add_argument("--service", default="", help="gRPC service name (default: overall)")
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.set_defaults(handler=run_probe)
+
+
+async def run_probe(args: argparse.Namespace) -> int:
+    async with grpc.aio.insecure_channel(args.address) as channel:
+        serving = await is_serving(channel, args.service, timeout_s=args.timeout)
+    print("SERVING" if serving else "NOT SERVING")
+    return 0 if serving else 1
+
+
 async def check_service(name: str, info: dict[str, Any], tls: TlsConfig) -> dict[str, Any]:
     async with open_channel([info["address"]], tls) as channel:
         overall = await is_serving(channel, "")

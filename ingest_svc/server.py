@@ -301,10 +301,16 @@ class IngestApp:
         self.config = config
         tls = config.tls
         self.pipeline_channel = open_channel(
-            config.pipeline.addresses, tls, retry_services=[PIPELINE_SERVICE]
+            config.pipeline.addresses,
+            tls,
+            retry_services=[PIPELINE_SERVICE],
+            server_name=config.pipeline.tls_server_name,
         )
         self.storage_channel = open_channel(
-            config.storage.addresses, tls, retry_services=[STORAGE_SERVICE]
+            config.storage.addresses,
+            tls,
+            retry_services=[STORAGE_SERVICE],
+            server_name=config.storage.tls_server_name,
         )
         forwarder = Forwarder(
             pipeline_pb2_grpc.PipelineServiceStub(self.pipeline_channel),

@@ -67,9 +67,14 @@ def open_channel(
     retry_services: Sequence[str] = (),
     max_message_bytes: int = 16 * 1024 * 1024,
     keepalive_time_s: float = 30.0,
+    server_name: str | None = None,
     extra_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
-    """A channel to a service; mTLS unless tls.enabled is false (development only)."""
+    """A channel to a service; mTLS unless tls.enabled is false (development only).
+
+    ``server_name`` is the name the server certificate must carry. It defaults to the host
+    of the first address, since a target of several IPs has no single authority of its own.
+    """
     options: list[tuple[str, Any]] = [
         ("grpc.service_config", service_config(retry_services)),
         ("grpc.enable_retries", 1),
@@ -82,6 +87,9 @@ def open_channel(
         *extra_options,
     ]
     target = channel_target(addresses)
+    if len(addresses) > 1 or server_name:
+        name = server_name or addresses[0].rsplit(":", 1)[0].strip("[]")
+        options.append(("grpc.ssl_target_name_override", name))
     interceptors = [
         _TraceUnaryUnary(),
         _TraceUnaryStream(),

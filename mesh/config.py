@@ -110,6 +110,11 @@ class ClientConfig(Section):
         default_factory=list, description="host:port list; several are balanced round-robin."
     )
     timeout_s: float = Field(10.0, gt=0, description="Deadline of each call.")
+    tls_server_name: str | None = Field(
+        None,
+        description="Name the servers' certificates must carry; default: the host of the "
+        "first address.",
+    )
 
 
 class ServiceConfig(Section):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import socket
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,3 +65,30 @@ def make_config(model: type[ConfigT], pki: Pki, name: str, **sections: Any) -> C
 
 def secure_channel(port: int, tls: TlsConfig) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(f"127.0.0.1:{port}", channel_credentials(tls))
+
+
+def _port_free(port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_base(offsets: tuple[int, ...] = (1, 2, 3, 4, 5)) -> int:
+    """A base B such that B+o, B+100+o and B+200+o are free TCP ports for every offset o."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 60_000, 10)
+        ports = [base + extra + o for o in offsets for extra in (0, 100, 200)]
+        if all(_port_free(port, socket.SOCK_STREAM) for port in ports):
+            return base
+    raise RuntimeError("no free port range found")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
