@@ -95,6 +95,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 self.limits.retry_delay_s,
                 "MAX_STREAMS",
             )
+        await self._refuse_if_saturated(context)
+
+    async def _refuse_if_saturated(self, context: Context) -> None:
         if self._saturated():
             metrics.REFUSED.labels("saturated").inc()
             await abort_with_retry(
@@ -176,15 +179,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"{principal} may not send as agent {batch.agent_id!r}",
                 "AGENT_ID_MISMATCH",
             )
-        if self._saturated():
-            metrics.REFUSED.labels("saturated").inc()
-            await abort_with_retry(
-                context,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                "ingest is saturated; retry later",
-                self.limits.retry_delay_s,
-                "SATURATED",
-            )
+        await self._refuse_if_saturated(context)
         delivery = await self.handle_batch(batch)
         if delivery.status == ingest_pb2.ACK_STATUS_REJECTED:
             field_name, _, reason = delivery.message.partition(": ")

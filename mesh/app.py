@@ -69,5 +69,10 @@ def service_main(
     except ConfigError as exc:
         print(f"edgebot {name}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_until_signal(app))
+    try:
+        asyncio.run(run_until_signal(app))
+    except Exception as exc:
+        log.debug("start-up failure", exc_info=True)
+        print(f"edgebot {name}: could not start: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -1,8 +1,10 @@
 """Typed service configuration: one YAML file per service, overridden by EDGEBOT_* env vars.
 
-Environment overrides name a key path with ``__`` between levels, after either the global
-prefix ``EDGEBOT_`` or a service prefix such as ``EDGEBOT_INGEST_`` (which wins):
-``EDGEBOT_SERVER__PORT=50051``, ``EDGEBOT_STORAGE_SQLITE__PATH=/data/events.db``.
+Environment overrides name a key path with ``__`` between levels. The global prefix
+``EDGEBOT_`` reaches only the sections every service shares (server, tls, auth, logging,
+tracing); a service prefix such as ``EDGEBOT_INGEST_`` reaches any key of that service and
+wins: ``EDGEBOT_LOGGING__LEVEL=DEBUG``, ``EDGEBOT_STORAGE_SQLITE__PATH=/data/events.db``,
+``EDGEBOT_INGEST_PIPELINE__ADDRESSES='["pipeline:50052"]'``.
 Values that look like JSON lists or objects are parsed as JSON.
 """
 
@@ -139,8 +141,12 @@ def load_config(
     """Read ``path`` (if given), apply env overrides, validate; raise ConfigError on misuse."""
     data = _read_yaml(path)
     env = os.environ if environ is None else environ
-    known = set(model.model_fields)
-    for prefix in (GLOBAL_ENV_PREFIX, f"{GLOBAL_ENV_PREFIX}{service.upper()}_"):
+    shared = set(ServiceConfig.model_fields) & set(model.model_fields)
+    scopes = (
+        (GLOBAL_ENV_PREFIX, shared),
+        (f"{GLOBAL_ENV_PREFIX}{service.upper()}_", set(model.model_fields)),
+    )
+    for prefix, known in scopes:
         for key_path, value in _env_overrides(env, prefix, known):
             _set_path(data, key_path, value)
     try:

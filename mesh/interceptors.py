@@ -153,20 +153,36 @@ def _stream(behavior: Behavior, call: _Call) -> Behavior:
         span = _span(call, context)
         error: BaseException | None = None
         try:
-            with trace.use_span(span, end_on_exit=True):
-                if inspect.isasyncgenfunction(behavior):
-                    async for response in behavior(request, context):
-                        yield response
-                else:
+            if inspect.isasyncgenfunction(behavior):
+                async for response in _steps_in_span(behavior(request, context), span):
+                    yield response
+            else:
+                with trace.use_span(span):
                     await behavior(request, context)
         except BaseException as exc:
             error = exc
             raise
         finally:
+            span.end()
             _reset(token)
             call.finish(context, principal, start, error)
 
     return wrapped
+
+
+async def _steps_in_span(responses: AsyncIterator[Any], span: trace.Span) -> AsyncIterator[Any]:
+    """Make the span current during each step of the handler, never across a yield.
+
+    A context attached before a yield may be detached in another context after it, which
+    OpenTelemetry refuses; attaching per step keeps child spans and tasks linked.
+    """
+    while True:
+        with trace.use_span(span, end_on_exit=False, record_exception=False):
+            try:
+                response = await anext(responses)
+            except StopAsyncIteration:
+                return
+        yield response
 
 
 def _reset(token: Any) -> None:

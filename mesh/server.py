@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -55,6 +55,8 @@ class ServiceRuntime:
     register: Registrar
     ports: BoundPorts = field(default_factory=BoundPorts)
     health: health_aio.HealthServicer = field(default_factory=health_aio.HealthServicer)
+    before_drain: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Run after NOT_SERVING and before draining: end long-lived streams here."""
 
     def __post_init__(self) -> None:
         self._server: grpc.aio.Server | None = None
@@ -171,6 +173,11 @@ class ServiceRuntime:
 
     async def stop(self) -> None:
         await self._set_all(NOT_SERVING)
+        for hook in self.before_drain:
+            try:
+                await hook()
+            except Exception:
+                log.exception("%s: before-drain hook failed", self.name)
         grace = self.config.server.grace_period_s
         if self._server is not None:
             await self._server.stop(grace)

@@ -57,7 +57,8 @@ def test_env_overrides_file_and_service_prefix_wins(tmp_path: Path) -> None:
     environ = {
         "EDGEBOT_SERVER__PORT": "7000",
         "EDGEBOT_INGEST_SERVER__PORT": "7001",
-        "EDGEBOT_PIPELINE__ADDRESSES": '["10.0.0.1:1", "10.0.0.2:1"]',
+        "EDGEBOT_INGEST_PIPELINE__ADDRESSES": '["10.0.0.1:1", "10.0.0.2:1"]',
+        "EDGEBOT_STORAGE__ADDRESSES": '["10.0.0.9:1"]',
         "EDGEBOT_UNRELATED": "ignored",
     }
     config = load_config(IngestServiceConfig, path, "ingest", environ=environ)
@@ -65,6 +66,8 @@ def test_env_overrides_file_and_service_prefix_wins(tmp_path: Path) -> None:
     assert config.pipeline.addresses == ["10.0.0.1:1", "10.0.0.2:1"]
     other = load_config(ServiceConfig, path, "storage", environ=environ)
     assert other.server.port == 7000
+    # A service-specific section is reached only through the service's own prefix.
+    assert config.storage.addresses == ["127.0.0.1:50053"]
 
 
 def test_bad_env_value_names_the_key() -> None:

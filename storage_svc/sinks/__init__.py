@@ -1,0 +1,13 @@
+"""Where batches are written: the Sink interface and its implementations."""
+
+from storage_svc.sinks.base import PrimarySink, Sink, SinkError, SinkOpenError, SinkWriteError
+from storage_svc.sinks.sqlite import SqliteSink
+
+__all__ = [
+    "PrimarySink",
+    "Sink",
+    "SinkError",
+    "SinkOpenError",
+    "SinkWriteError",
+    "SqliteSink",
+]

@@ -1,0 +1,243 @@
+"""Ingest over real gRPC with a real pipeline and a real SQLite-backed storage service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from support import Pki, make_config, secure_channel
+
+from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
+from ingest_svc import IngestServiceConfig
+from ingest_svc import build as build_ingest
+from mesh.app import App, running
+from mesh.ids import uuid7
+from mesh.timeutil import now_ns, ns_to_ts
+from pipeline_svc import PipelineServiceConfig
+from pipeline_svc import build as build_pipeline
+from storage_svc import StorageServiceConfig
+from storage_svc import build as build_storage
+
+
+@dataclass
+class Mothership:
+    ingest: App
+    storage: App
+    stack: AsyncExitStack
+
+
+def storage_app(pki: Pki, tmp_path: Path, port: int = 0) -> App:
+    config = make_config(
+        StorageServiceConfig,
+        pki,
+        "storage",
+        server={"port": port},
+        sqlite={"path": str(tmp_path / "events.db")},
+    )
+    return build_storage(config)
+
+
+@pytest.fixture
+async def mothership(pki: Pki, tmp_path: Path) -> AsyncIterator[Mothership]:
+    async with AsyncExitStack() as stack:
+        pipeline = await stack.enter_async_context(
+            running(build_pipeline(make_config(PipelineServiceConfig, pki, "pipeline")))
+        )
+        storage = await stack.enter_async_context(running(storage_app(pki, tmp_path)))
+        config = make_config(
+            IngestServiceConfig,
+            pki,
+            "ingest",
+            ingest={"max_events_per_batch": 100, "max_unacked_batches": 4, "retry_delay_s": 0.25},
+            pipeline={"addresses": [f"127.0.0.1:{pipeline.runtime.ports.grpc}"], "timeout_s": 2},
+            storage={"addresses": [f"127.0.0.1:{storage.runtime.ports.grpc}"], "timeout_s": 2},
+        )
+        ingest = await stack.enter_async_context(running(build_ingest(config)))
+        yield Mothership(ingest, storage, stack)
+
+
+def make_event(message: str, **fields: Any) -> event_pb2.Event:
+    event = event_pb2.Event(
+        id=uuid7(), type="syslog", host="router-1", service="dnsmasq", message=message, **fields
+    )
+    ns_to_ts(now_ns(), event.time)
+    return event
+
+
+def make_batch(agent_id: str, events: list[event_pb2.Event], seq: int = 1) -> event_pb2.EventBatch:
+    return event_pb2.EventBatch(batch_id=uuid7(), agent_id=agent_id, seq=seq, events=events)
+
+
+class AgentStream:
+    """An agent's side of IngestService.Stream, driven step by step by a test."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = ingest_pb2_grpc.IngestServiceStub(channel).Stream()
+
+    async def hello(self, agent_id: str) -> ingest_pb2.Limits:
+        await self.call.write(ingest_pb2.StreamRequest(hello=ingest_pb2.Hello(agent_id=agent_id)))
+        response = await self.call.read()
+        assert response.WhichOneof("kind") == "limits"
+        return response.limits
+
+    async def send(self, batch: event_pb2.EventBatch) -> ingest_pb2.BatchAck:
+        await self.call.write(ingest_pb2.StreamRequest(batch=batch))
+        response = await self.call.read()
+        assert response.WhichOneof("kind") == "ack", response
+        return response.ack
+
+
+async def stored_ids(storage: App, pki: Pki) -> list[str]:
+    async with secure_channel(storage.runtime.ports.grpc, pki.operator()) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        response = await stub.QueryEvents(storage_pb2.QueryEventsRequest(page_size=1000))
+    return [event.id for event in response.events]
+
+
+async def test_stream_acks_ok_only_after_storage_committed(
+    mothership: Mothership, pki: Pki
+) -> None:
+    events = [make_event(f"line {i}", attributes={"level": "warn"}) for i in range(10)]
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        limits = await stream.hello("site-a")
+        assert limits.max_unacked_batches == 4
+        assert limits.max_events_per_batch == 100
+        batch = make_batch("site-a", events)
+        ack = await stream.send(batch)
+        # The ack is sent only after the commit: the events are readable at this instant.
+        ids = await stored_ids(mothership.storage, pki)
+        await stream.call.done_writing()
+    assert ack.status == ingest_pb2.ACK_STATUS_OK
+    assert ack.batch_id == batch.batch_id
+    assert ack.accepted == 10
+    assert sorted(ids) == sorted(e.id for e in events)
+    assert [r.primary for r in ack.sink_results] == [True]
+
+
+async def test_resent_batch_is_acknowledged_as_duplicate(mothership: Mothership, pki: Pki) -> None:
+    batch = make_batch("site-a", [make_event(f"dup {i}") for i in range(5)])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        first = await stream.send(batch)
+        batch.is_retry = True
+        second = await stream.send(batch)
+        await stream.call.done_writing()
+    assert first.status == second.status == ingest_pb2.ACK_STATUS_OK
+    assert first.duplicates == 0
+    assert second.duplicates == 5
+    assert len(await stored_ids(mothership.storage, pki)) == 5
+
+
+async def test_spoofed_agent_id_in_hello_is_refused(mothership: Mothership, pki: Pki) -> None:
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.hello("site-b")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "site-b" in (caught.value.details() or "")
+
+
+async def test_batch_for_another_agent_is_refused(mothership: Mothership, pki: Pki) -> None:
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.send(make_batch("site-b", [make_event("spoofed")]))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert await stored_ids(mothership.storage, pki) == []
+
+
+async def test_malformed_events_get_errors_and_the_rest_is_stored(
+    mothership: Mothership, pki: Pki
+) -> None:
+    good = [make_event("fine"), make_event("also fine")]
+    no_id = make_event("no id")
+    no_id.id = ""
+    huge = make_event("x" * 70_000)
+    batch = make_batch("site-a", [good[0], no_id, huge, good[1]])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        ack = await stream.send(batch)
+        await stream.call.done_writing()
+    assert ack.status == ingest_pb2.ACK_STATUS_PARTIAL
+    assert ack.accepted == 2
+    assert [(e.index, e.field) for e in ack.errors] == [(1, "id"), (2, "message")]
+    assert "65536 bytes" in ack.errors[1].reason
+    assert sorted(await stored_ids(mothership.storage, pki)) == sorted(e.id for e in good)
+
+
+async def test_oversize_batch_is_rejected_with_a_reason(mothership: Mothership, pki: Pki) -> None:
+    batch = make_batch("site-a", [make_event(f"e{i}") for i in range(101)])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        ack = await stream.send(batch)
+        await stream.call.done_writing()
+    assert ack.status == ingest_pb2.ACK_STATUS_REJECTED
+    assert "batch.events: 101 events exceed the limit of 100" in ack.message
+
+
+async def test_storage_down_means_retry_then_ok_when_it_returns(
+    pki: Pki, tmp_path: Path, mothership: Mothership
+) -> None:
+    port = mothership.storage.runtime.ports.grpc
+    await mothership.storage.runtime.stop()
+    await mothership.storage.close()
+    batch = make_batch("site-a", [make_event(f"outage {i}") for i in range(3)])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        retry = await stream.send(batch)
+        async with running(storage_app(pki, tmp_path, port)) as storage:
+            batch.is_retry = True
+            ok = await _send_until_ok(stream, batch)
+            ids = await stored_ids(storage, pki)
+        await stream.call.done_writing()
+    assert retry.status == ingest_pb2.ACK_STATUS_RETRY
+    assert retry.retry_delay.ToMilliseconds() >= 250
+    assert "UNAVAILABLE" in retry.message
+    assert ok.status == ingest_pb2.ACK_STATUS_OK
+    assert sorted(ids) == sorted(e.id for e in batch.events)
+
+
+async def _send_until_ok(stream: AgentStream, batch: event_pb2.EventBatch) -> ingest_pb2.BatchAck:
+    for _ in range(40):
+        ack = await stream.send(batch)
+        if ack.status != ingest_pb2.ACK_STATUS_RETRY:
+            return ack
+        await asyncio.sleep(ack.retry_delay.ToMilliseconds() / 1000)
+    raise AssertionError("storage never came back")
+
+
+async def test_push_reports_received_sanitized_written(mothership: Mothership, pki: Pki) -> None:
+    batch = make_batch("site-a", [make_event("via push"), make_event("second")])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        first = await stub.Push(ingest_pb2.PushRequest(batch=batch))
+        again = await stub.Push(ingest_pb2.PushRequest(batch=batch))
+    assert (first.received, first.sanitized, first.written, first.duplicates) == (2, 2, 2, 0)
+    assert (again.received, again.written, again.duplicates) == (2, 0, 2)
+
+
+async def test_push_of_another_agents_batch_is_refused(mothership: Mothership, pki: Pki) -> None:
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Push(ingest_pb2.PushRequest(batch=make_batch("site-b", [make_event("x")])))
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_operator_may_push_for_any_agent(mothership: Mothership, pki: Pki) -> None:
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.operator()) as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        reply = await stub.Push(ingest_pb2.PushRequest(batch=make_batch("tool", [make_event("x")])))
+    assert reply.status == ingest_pb2.ACK_STATUS_OK

@@ -1,0 +1,117 @@
+"""Events, batches and clients for the storage service tests."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from support import Pki, make_config, secure_channel
+
+from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
+from mesh.app import running
+from mesh.config import TlsConfig
+from mesh.timeutil import NS_PER_S, ns_to_ts
+from storage_svc import StorageApp, StorageServiceConfig, build
+
+BASE_NS = 1_700_000_000 * NS_PER_S
+_batch_numbers = itertools.count(1)
+
+
+def storage_config(pki: Pki, db_path: Path, **sections: Any) -> StorageServiceConfig:
+    sqlite = {"path": str(db_path), "busy_timeout_ms": 100, **sections.pop("sqlite", {})}
+    return make_config(StorageServiceConfig, pki, "storage", sqlite=sqlite, **sections)
+
+
+@contextlib.asynccontextmanager
+async def start_storage(pki: Pki, db_path: Path, **sections: Any) -> AsyncIterator[StorageApp]:
+    app = build(storage_config(pki, db_path, **sections))
+    async with running(app):
+        yield app
+
+
+def event(
+    number: int,
+    *,
+    ts_ns: int | None = None,
+    severity: event_pb2.Severity.ValueType = event_pb2.SEVERITY_INFORMATIONAL,
+    **fields: Any,
+) -> event_pb2.Event:
+    """Event ``number``: at BASE_NS + number seconds unless ``ts_ns`` is given."""
+    values: dict[str, Any] = {
+        "id": f"ev-{number:06d}",
+        "type": "syslog",
+        "source": "site-a/syslog-udp",
+        "host": "router-1",
+        "service": "sshd",
+        "message": f"message {number}",
+        **fields,
+    }
+    made = event_pb2.Event(severity=severity, **values)
+    ns_to_ts(BASE_NS + number * NS_PER_S if ts_ns is None else ts_ns, made.time)
+    return made
+
+
+def events(numbers: Iterable[int], **fields: Any) -> list[event_pb2.Event]:
+    return [event(number, **fields) for number in numbers]
+
+
+def write_request(
+    batch_events: Sequence[event_pb2.Event], batch_id: str | None = None, **extra: Any
+) -> storage_pb2.WriteRequest:
+    number = next(_batch_numbers)
+    return storage_pb2.WriteRequest(
+        batch=event_pb2.EventBatch(
+            batch_id=batch_id or f"batch-{number}",
+            agent_id="site-a",
+            seq=number,
+            events=batch_events,
+        ),
+        **extra,
+    )
+
+
+def ids(found: Iterable[event_pb2.Event]) -> list[str]:
+    return [e.id for e in found]
+
+
+@dataclass
+class StorageClients:
+    """Stubs as the ingest service, an operator and an agent would hold them."""
+
+    service: storage_pb2_grpc.StorageServiceAsyncStub
+    operator: storage_pb2_grpc.StorageServiceAsyncStub
+    agent: storage_pb2_grpc.StorageServiceAsyncStub
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, pki: Pki, app: StorageApp) -> AsyncIterator[StorageClients]:
+        port = app.runtime.ports.grpc
+        channels: list[grpc.aio.Channel] = []
+
+        def stub(tls: TlsConfig) -> storage_pb2_grpc.StorageServiceAsyncStub:
+            channels.append(secure_channel(port, tls))
+            return storage_pb2_grpc.StorageServiceStub(channels[-1])
+
+        try:
+            yield cls(stub(pki.service("ingest")), stub(pki.operator()), stub(pki.agent("site-a")))
+        finally:
+            for channel in channels:
+                await channel.close()
+
+
+async def query_all(
+    stub: storage_pb2_grpc.StorageServiceAsyncStub,
+    request: storage_pb2.QueryEventsRequest,
+) -> list[event_pb2.Event]:
+    found: list[event_pb2.Event] = []
+    while True:
+        page = await stub.QueryEvents(request)
+        found.extend(page.events)
+        if not page.next_page_token:
+            return found
+        request.page_token = page.next_page_token
