@@ -22,6 +22,8 @@ from mesh.pki import DevCA
 from mesh.tls import channel_credentials
 from pipeline_svc import PipelineServiceConfig
 from pipeline_svc import build as build_pipeline
+from storage_svc import StorageServiceConfig
+from storage_svc import build as build_storage
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -35,6 +37,13 @@ def _anomaly(pki: Pki, tmp: Path) -> App:
         AnomalyServiceConfig, pki, "anomaly", store={"path": str(tmp / "anomalies.db")}
     )
     return build_anomaly(config)
+
+
+def _storage(pki: Pki, tmp: Path) -> App:
+    config = make_config(
+        StorageServiceConfig, pki, "storage", sqlite={"path": str(tmp / "events.db")}
+    )
+    return build_storage(config)
 
 
 def _ingest(pki: Pki, tmp: Path) -> App:
@@ -52,6 +61,7 @@ def _ingest(pki: Pki, tmp: Path) -> App:
 BUILDERS: dict[str, tuple[Callable[[Pki, Path], App], str]] = {
     "pipeline": (_pipeline, "edgebot.v1.PipelineService"),
     "anomaly": (_anomaly, "edgebot.v1.AnomalyService"),
+    "storage": (_storage, "edgebot.v1.StorageService"),
 }
 
 
