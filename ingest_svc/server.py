@@ -25,6 +25,7 @@ from ingest_svc.forwarder import Delivery, Forwarder
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds
 from mesh.channel import open_channel
+from mesh.config import ClientConfig
 from mesh.errors import abort_denied, abort_invalid, abort_with_retry
 from mesh.health import DependencyMonitor
 from mesh.types import Context
@@ -54,7 +55,7 @@ def may_send_as(principal: Principal, agent_id: str) -> bool:
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, limits: IngestSection, forwarder: Forwarder) -> None:
+    def __init__(self, limits: IngestSection, forwarder: Forwarder | None) -> None:
         self.limits = limits
         self.forwarder = forwarder
         self.capacity = asyncio.Semaphore(limits.max_inflight_batches)
@@ -157,6 +158,13 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return delivery
 
     async def _deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
+        if self.forwarder is None:
+            return Delivery(
+                status=ingest_pb2.ACK_STATUS_RETRY,
+                received=len(batch.events),
+                retry_delay_s=self.limits.retry_delay_s,
+                message="ingest is starting; retry",
+            )
         try:
             return await self.forwarder.deliver(batch, checked)
         except Exception:
@@ -294,27 +302,7 @@ def _push_response(batch_id: str, delivery: Delivery) -> ingest_pb2.PushResponse
 class IngestApp:
     def __init__(self, config: IngestServiceConfig) -> None:
         self.config = config
-        tls = config.tls
-        self.pipeline_channel = open_channel(
-            config.pipeline.addresses,
-            tls,
-            retry_services=[PIPELINE_SERVICE],
-            server_name=config.pipeline.tls_server_name,
-        )
-        self.storage_channel = open_channel(
-            config.storage.addresses,
-            tls,
-            retry_services=[STORAGE_SERVICE],
-            server_name=config.storage.tls_server_name,
-        )
-        forwarder = Forwarder(
-            pipeline_pb2_grpc.PipelineServiceStub(self.pipeline_channel),
-            storage_pb2_grpc.StorageServiceStub(self.storage_channel),
-            config.pipeline.timeout_s,
-            config.storage.timeout_s,
-            config.ingest.retry_delay_s,
-        )
-        self.servicer = IngestServicer(config.ingest, forwarder)
+        self.servicer = IngestServicer(config.ingest, forwarder=None)
         self.runtime = ServiceRuntime(
             name="ingest",
             config=config,
@@ -324,25 +312,47 @@ class IngestApp:
                 self.servicer, server
             ),
         )
+        self.channels: list[grpc.aio.Channel] = []
+        self.monitor: DependencyMonitor | None = None
+
+    def _channel(self, client: ClientConfig, service: str) -> grpc.aio.Channel:
+        channel = open_channel(
+            client.addresses,
+            self.config.tls,
+            retry_services=[service],
+            server_name=client.tls_server_name,
+        )
+        self.channels.append(channel)
+        return channel
+
+    async def open(self) -> None:
+        # Channels belong to the running event loop, so they are made here, not in build().
+        config = self.config
+        pipeline = self._channel(config.pipeline, PIPELINE_SERVICE)
+        storage = self._channel(config.storage, STORAGE_SERVICE)
+        self.servicer.forwarder = Forwarder(
+            pipeline_pb2_grpc.PipelineServiceStub(pipeline),
+            storage_pb2_grpc.StorageServiceStub(storage),
+            config.pipeline.timeout_s,
+            config.storage.timeout_s,
+            config.ingest.retry_delay_s,
+        )
         self.monitor = DependencyMonitor(
-            {
-                "pipeline": (self.pipeline_channel, PIPELINE_SERVICE),
-                "storage": (self.storage_channel, STORAGE_SERVICE),
-            },
+            {"pipeline": (pipeline, PIPELINE_SERVICE), "storage": (storage, STORAGE_SERVICE)},
             self._dependencies_changed,
         )
+        await self.monitor.check_once()
+        self.monitor.start()
 
     async def _dependencies_changed(self, ready: bool, state: dict[str, bool]) -> None:
         await self.runtime.set_serving(ready)
 
-    async def open(self) -> None:
-        await self.monitor.check_once()
-        self.monitor.start()
-
     async def close(self) -> None:
-        await self.monitor.stop()
-        await self.pipeline_channel.close()
-        await self.storage_channel.close()
+        if self.monitor is not None:
+            await self.monitor.stop()
+        for channel in self.channels:
+            await channel.close()
+        self.channels.clear()
 
 
 def build(config: IngestServiceConfig) -> IngestApp:

@@ -57,9 +57,12 @@ def service_main(
     model: type[ConfigT],
     build: Callable[[ConfigT], App],
     argv: list[str] | None = None,
+    module: str | None = None,
 ) -> int:
     """Parse ``--config``, validate it (exit 2 naming the bad key), run until a signal."""
-    parser = argparse.ArgumentParser(prog=f"python -m {name}_svc", description=f"EdgeBot {name}")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {module or name + '_svc'}", description=f"EdgeBot {name}"
+    )
     parser.add_argument("--config", type=Path, help="YAML config file (defaults are embedded)")
     args = parser.parse_args(argv)
     try:

@@ -106,8 +106,9 @@ def ensure_dev_pki(
     ca = DevCA(directory)
     for service, extra_hosts in services.items():
         ca.issue("service", service, DEFAULT_SERVICE_HOSTS + extra_hosts, file_stem=service)
+    # Agents serve health on their own mTLS port too, so their certificates name local hosts.
     for agent in agents:
-        ca.issue("agent", agent)
+        ca.issue("agent", agent, DEFAULT_SERVICE_HOSTS)
     for operator in operators:
         ca.issue("operator", operator)
     return ca

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gen_protos import OUT, generate  # noqa: E402
+from gen_protos import OUT, generate
 
 
 def differences(left: Path, right: Path) -> list[str]:

@@ -1,0 +1,61 @@
+"""The edge agent process: inputs -> durable spool -> shipper, plus health on its own ports."""
+
+from __future__ import annotations
+
+import logging
+
+from edge_agent.config import AgentConfig
+from edge_agent.inputs.base import Input
+from edge_agent.inputs.syslog_udp import SyslogUdpInput
+from edge_agent.shipper import Shipper
+from edge_agent.spool import Spool
+from mesh import AccessPolicy, ServiceRuntime
+
+log = logging.getLogger(__name__)
+# The agent serves no RPCs of its own: only health and reflection, open to verified callers.
+POLICY = AccessPolicy(methods={})
+
+
+class AgentApp:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.spool = Spool(config.spool.path, config.spool.max_bytes)
+        self.shipper = Shipper(config, self.spool)
+        self.inputs: list[Input] = []
+        syslog_udp = config.inputs.syslog_udp
+        if syslog_udp.enabled:
+            self.inputs.append(SyslogUdpInput(syslog_udp, self.spool, config.agent.id))
+        self.runtime = ServiceRuntime(
+            name="agent",
+            config=config,
+            policy=POLICY,
+            service_names=[],
+            register=lambda server: None,
+        )
+
+    async def open(self) -> None:
+        await self.spool.open()
+        self.shipper.start()
+        for source in self.inputs:
+            await source.start()
+        await self.runtime.set_serving(True)
+        log.info(
+            "edge agent running",
+            extra={"agent_id": self.config.agent.id, "inputs": [i.name for i in self.inputs]},
+        )
+
+    async def close(self) -> None:
+        for source in self.inputs:
+            try:
+                await source.stop()
+            except Exception:
+                log.exception("input %s failed to stop cleanly", source.name)
+        await self.shipper.stop(self.config.server.grace_period_s)
+        await self.spool.close()
+
+
+def build(config: AgentConfig) -> AgentApp:
+    return AgentApp(config)
+
+
+__all__ = ["AgentApp", "build"]

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the edge agent."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MESSAGES_RECEIVED = Counter(
+    "edgebot_messages_received_total",
+    "Messages received by an input, before parsing and spooling.",
+    ["input"],
+)
+SPOOL_DROPPED = Counter(
+    "edgebot_spool_dropped_total",
+    "Events an input could not hand to the spool, by reason (spool_full, overflow, error).",
+    ["reason"],
+)
+SPOOL_EVENTS = Gauge("edgebot_spool_events", "Events in the spool waiting for an ack.")
+SPOOL_BYTES = Gauge("edgebot_spool_bytes", "Serialized bytes of the events in the spool.")
+DEAD_LETTERS = Counter(
+    "edgebot_dead_letters_total",
+    "Events moved to the local dead-letter table, by the ack status that refused them.",
+    ["status"],
+)
+BATCHES_SENT = Counter(
+    "edgebot_batches_sent_total", "Batches written to the ingest stream (first sends and re-sends)."
+)
+BATCHES_RETRIED = Counter(
+    "edgebot_batches_retried_total",
+    "Batches re-sent, after a RETRY ack or a reconnect.",
+    ["reason"],
+)
+BATCHES_ACKED = Counter(
+    "edgebot_batches_acked_total", "Acks received from ingest, by status.", ["status"]
+)
+LAST_SHIP = Gauge(
+    "edgebot_last_ship_timestamp_seconds",
+    "Unix time of the last ack that removed a batch from the spool.",
+)
+CONNECTED = Gauge("edgebot_shipper_connected", "1 while a stream to ingest is established.")
+RECONNECTS = Counter(
+    "edgebot_shipper_reconnects_total", "Failed or ended ingest streams, by cause.", ["cause"]
+)

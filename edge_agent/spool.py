@@ -1,0 +1,386 @@
+"""The durable spool: events wait here, committed to SQLite, until ingest acknowledges them.
+
+An event counts as accepted once its transaction committed (WAL, ``synchronous=FULL``).
+Batches are recorded when they are formed, so a batch re-sent after a RETRY ack, a
+reconnect or a restart keeps its ``batch_id`` and ``seq`` (storage's ledger relies on it).
+Every SQLite call runs on one dedicated thread, so the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from edge_agent import metrics
+from gen.edgebot.v1 import event_pb2
+from mesh.ids import uuid7
+from mesh.timeutil import now_ns
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    appended_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    batch_id TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch_id, rowid);
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    formed_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    field TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    data BLOB NOT NULL,
+    created_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+# EventBatch overhead beyond its events: ids, seq, flags (generous).
+BATCH_HEADER_BYTES = 256
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """How many of the offered events were committed; the rest were refused (quota)."""
+
+    accepted: int
+    refused: int
+
+    @property
+    def spool_full(self) -> bool:
+        return self.refused > 0
+
+
+@dataclass(frozen=True)
+class SpooledBatch:
+    batch_id: str
+    seq: int
+    events: tuple[bytes, ...]
+
+    def to_proto(self, agent_id: str, is_retry: bool) -> event_pb2.EventBatch:
+        batch = event_pb2.EventBatch(
+            batch_id=self.batch_id, agent_id=agent_id, seq=self.seq, is_retry=is_retry
+        )
+        for data in self.events:
+            batch.events.add().MergeFromString(data)
+        return batch
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    event: event_pb2.Event
+    batch_id: str
+    status: str
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Events not yet in a batch: how many (counted up to a bound) and the oldest's age."""
+
+    count: int
+    oldest_appended_ns: int | None
+
+
+class SpoolClosedError(RuntimeError):
+    pass
+
+
+def encoded_size(size: int) -> int:
+    """Bytes one event of ``size`` takes inside a batch: tag, length varint, payload."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+class Spool:
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.appended = asyncio.Event()
+        self.events = 0
+        self.bytes = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        await self._run(self._open_sync)
+        self._publish()
+        log.info(
+            "spool open",
+            extra={"path": str(self.path), "events": self.events, "bytes": self.bytes},
+        )
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    async def append(self, events: Sequence[event_pb2.Event]) -> AppendResult:
+        """Commit events in one transaction; those beyond the byte quota are refused."""
+        rows = [(e.id, e.SerializeToString()) for e in events]
+        result = await self._run(lambda: self._append_sync(rows))
+        if result.accepted:
+            self.appended.set()
+        self._publish()
+        return result
+
+    async def waiting(self, bound: int) -> Waiting:
+        return await self._run(lambda: self._waiting_sync(bound))
+
+    async def form_batch(self, max_events: int, max_bytes: int) -> SpooledBatch | None:
+        """Claim the oldest events not yet in a batch as a new batch (None if there are none)."""
+        return await self._run(lambda: self._form_batch_sync(max_events, max_bytes))
+
+    async def pending_batches(self) -> list[SpooledBatch]:
+        """Batches formed but not yet acknowledged, oldest first."""
+        return await self._run(self._pending_sync)
+
+    async def ack(self, batch_id: str) -> int:
+        """Drop an acknowledged batch; returns how many events left the spool."""
+        removed = await self._run(lambda: self._ack_sync(batch_id, {}, "ok"))
+        self._publish()
+        return removed
+
+    async def ack_partial(self, batch_id: str, errors: Sequence[event_pb2.EventError]) -> int:
+        """Move the refused events to dead letters with their reasons, drop the rest."""
+        reasons = {e.index: (e.field, e.reason) for e in errors}
+        removed = await self._run(lambda: self._ack_sync(batch_id, reasons, "partial"))
+        self._publish()
+        return removed
+
+    async def reject(self, batch_id: str, message: str) -> int:
+        """Move a whole refused batch to dead letters."""
+        removed = await self._run(lambda: self._reject_sync(batch_id, message))
+        self._publish()
+        return removed
+
+    async def dead_letters(self) -> list[DeadLetterRow]:
+        return await self._run(self._dead_letters_sync)
+
+    async def _run(self, call: Callable[[], T]) -> T:
+        if self._executor is None:
+            raise SpoolClosedError(f"spool {self.path} is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    def _publish(self) -> None:
+        metrics.SPOOL_EVENTS.set(self.events)
+        metrics.SPOOL_BYTES.set(self.bytes)
+
+    # Everything below runs on the spool thread. --------------------------------------
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolClosedError(f"spool {self.path} is not open")
+        return self._db
+
+    def _open_sync(self) -> None:
+        try:
+            self._db = _connect(self.path)
+        except sqlite3.DatabaseError as error:
+            moved = _move_aside(self.path)
+            log.error(
+                "spool file is corrupt (%s); moved it aside to %s and started a fresh one",
+                error,
+                moved,
+            )
+            self._db = _connect(self.path)
+        self.events, self.bytes = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events"
+        ).fetchone()
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _append_sync(self, rows: list[tuple[str, bytes]]) -> AppendResult:
+        room = self.max_bytes - self.bytes
+        accepted: list[tuple[str, int, int, bytes]] = []
+        stamp = now_ns()
+        for event_id, data in rows:
+            if len(data) > room:
+                break
+            room -= len(data)
+            accepted.append((event_id, stamp, len(data), data))
+        if accepted:
+            with _transaction(self._conn) as conn:
+                conn.executemany(
+                    "INSERT INTO events (event_id, appended_ns, size, data) VALUES (?, ?, ?, ?)",
+                    accepted,
+                )
+            self.events += len(accepted)
+            self.bytes += sum(row[2] for row in accepted)
+        return AppendResult(accepted=len(accepted), refused=len(rows) - len(accepted))
+
+    def _waiting_sync(self, bound: int) -> Waiting:
+        conn = self._conn
+        oldest = conn.execute(
+            "SELECT appended_ns FROM events WHERE batch_id IS NULL ORDER BY rowid LIMIT 1"
+        ).fetchone()
+        if oldest is None:
+            return Waiting(0, None)
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE batch_id IS NULL LIMIT ?)",
+            (bound,),
+        ).fetchone()
+        return Waiting(count, oldest[0])
+
+    def _form_batch_sync(self, max_events: int, max_bytes: int) -> SpooledBatch | None:
+        rows = self._conn.execute(
+            "SELECT rowid, size FROM events WHERE batch_id IS NULL ORDER BY rowid LIMIT ?",
+            (max_events,),
+        ).fetchall()
+        if not rows:
+            return None
+        last_rowid, total = rows[0][0], BATCH_HEADER_BYTES + encoded_size(rows[0][1])
+        for rowid, size in rows[1:]:
+            total += encoded_size(size)
+            if total > max_bytes:
+                break
+            last_rowid = rowid
+        batch_id = uuid7()
+        with _transaction(self._conn) as conn:
+            seq = _next_seq(conn)
+            conn.execute(
+                "INSERT INTO batches (batch_id, seq, formed_ns) VALUES (?, ?, ?)",
+                (batch_id, seq, now_ns()),
+            )
+            conn.execute(
+                "UPDATE events SET batch_id = ? WHERE batch_id IS NULL AND rowid <= ?",
+                (batch_id, last_rowid),
+            )
+        return self._load_batch(batch_id, seq)
+
+    def _load_batch(self, batch_id: str, seq: int) -> SpooledBatch:
+        rows = self._conn.execute(
+            "SELECT data FROM events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+        ).fetchall()
+        return SpooledBatch(batch_id, seq, tuple(row[0] for row in rows))
+
+    def _pending_sync(self) -> list[SpooledBatch]:
+        rows = self._conn.execute("SELECT batch_id, seq FROM batches ORDER BY seq").fetchall()
+        return [self._load_batch(batch_id, seq) for batch_id, seq in rows]
+
+    def _ack_sync(self, batch_id: str, refused: dict[int, tuple[str, str]], status: str) -> int:
+        count, size = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE batch_id = ?",
+            (batch_id,),
+        ).fetchone()
+        dead = self._dead_rows(batch_id, refused, status) if refused else []
+        with _transaction(self._conn) as conn:
+            conn.executemany(
+                "INSERT INTO dead_letters "
+                "(event_id, batch_id, status, field, reason, data, created_ns) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                dead,
+            )
+            conn.execute("DELETE FROM events WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
+        self.events -= count
+        self.bytes -= size
+        if dead:
+            metrics.DEAD_LETTERS.labels(status).inc(len(dead))
+        return int(count)
+
+    def _dead_rows(
+        self, batch_id: str, refused: dict[int, tuple[str, str]], status: str
+    ) -> list[tuple[str, str, str, str, str, bytes, int]]:
+        """Dead-letter rows for the refused positions (the event's index in its batch)."""
+        rows = self._conn.execute(
+            "SELECT event_id, data FROM events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+        ).fetchall()
+        stamp = now_ns()
+        return [
+            (event_id, batch_id, status, *refused[index], data, stamp)
+            for index, (event_id, data) in enumerate(rows)
+            if index in refused
+        ]
+
+    def _reject_sync(self, batch_id: str, message: str) -> int:
+        (count,) = self._conn.execute(
+            "SELECT COUNT(*) FROM events WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        everything = {index: ("batch", message) for index in range(count)}
+        return self._ack_sync(batch_id, everything, "rejected")
+
+    def _dead_letters_sync(self) -> list[DeadLetterRow]:
+        rows = self._conn.execute(
+            "SELECT data, batch_id, status, field, reason FROM dead_letters ORDER BY id"
+        ).fetchall()
+        return [
+            DeadLetterRow(event_pb2.Event.FromString(data), batch_id, status, field, reason)
+            for data, batch_id, status, field, reason in rows
+        ]
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        (check,) = conn.execute("PRAGMA quick_check").fetchone()
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"quick_check: {check}")
+        conn.executescript(SCHEMA)
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def _move_aside(path: Path) -> Path:
+    suffix = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    target = path.with_name(f"{path.name}.corrupt-{suffix}")
+    path.rename(target)
+    for extra in ("-wal", "-shm"):
+        sidecar = path.with_name(path.name + extra)
+        if sidecar.exists():
+            sidecar.rename(target.with_name(target.name + extra))
+    return target
+
+
+def _next_seq(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()
+    seq = 1 if row is None else int(row[0])
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (seq + 1,),
+    )
+    return seq
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,81 @@
+"""The whole agent process in-process: syslog in over UDP, out over mTLS to ingest."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from edge_helpers import IngestDouble, IngestServer, agent_config, eventually, limits, ok
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support import Pki
+
+from edge_agent import AgentApp, AgentConfig, build
+from mesh.app import running
+from mesh.config import ConfigError, load_config
+from mesh.tls import channel_credentials
+
+
+async def test_syslog_reaches_ingest_and_health_serves(pki: Pki, tmp_path: Path) -> None:
+    double = IngestDouble(limits(), ok)
+    server = await IngestServer(pki, double).start()
+    config = agent_config(
+        pki,
+        tmp_path,
+        [server.address],
+        inputs={"syslog_udp": {"host": "127.0.0.1", "port": 0}},
+    )
+    try:
+        async with running(build(config)) as app:
+            assert isinstance(app, AgentApp)
+            (udp,) = app.inputs
+            for i in range(3):
+                process = await asyncio.create_subprocess_exec(
+                    "logger", "-n", "127.0.0.1", "-P", str(udp.port), "-d", "-t", "app", f"n{i}"
+                )
+                assert await process.wait() == 0
+            await eventually(lambda: len(double.store.counts) == 3, what="3 events at ingest")
+            channel = grpc.aio.secure_channel(
+                f"127.0.0.1:{app.runtime.ports.grpc}", channel_credentials(pki.operator())
+            )
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="")
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            await channel.close()
+            plain = grpc.aio.insecure_channel(f"127.0.0.1:{app.runtime.ports.health}")
+            reply = await health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            await plain.close()
+        messages = sorted(e.message for b in double.batches for e in b.events)
+        assert messages == ["n0", "n1", "n2"]
+        assert {e.source for b in double.batches for e in b.events} == {"site-a/syslog_udp"}
+    finally:
+        await server.stop()
+
+
+def test_config_defaults_and_errors(tmp_path: Path) -> None:
+    config = load_config(AgentConfig, None, "agent", environ={})
+    assert config.agent.id
+    assert config.inputs.syslog_udp.port == 5514
+    assert config.inputs.syslog_udp.max_message_bytes == 65535
+    assert config.inputs.syslog_udp.timezone == "UTC"
+    assert config.spool.path == Path("edgebot-spool.db")
+    assert config.spool.max_bytes == 1 << 30
+    assert config.shipper.ingest.addresses == ["127.0.0.1:50051"]
+    assert (config.shipper.batch_max_events, config.shipper.batch_max_wait_s) == (500, 1.0)
+    assert (config.shipper.backoff_initial_s, config.shipper.backoff_max_s) == (0.5, 30.0)
+    assert config.shipper.max_in_flight == 4
+
+    env = {"EDGEBOT_AGENT_AGENT__ID": "site-b", "EDGEBOT_AGENT_SPOOL__MAX_BYTES": "2048"}
+    overridden = load_config(AgentConfig, None, "agent", environ=env)
+    assert (overridden.agent.id, overridden.spool.max_bytes) == ("site-b", 2048)
+
+    bad = tmp_path / "edge.yaml"
+    bad.write_text("inputs:\n  syslog_udp:\n    timezone: Mars/Olympus\n")
+    with pytest.raises(ConfigError, match=r"inputs\.syslog_udp\.timezone"):
+        load_config(AgentConfig, bad, "agent", environ={})
+    bad.write_text("shipper:\n  ingest:\n    addresses: []\n")
+    with pytest.raises(ConfigError, match=r"shipper\.ingest: .*at least one ingest address"):
+        load_config(AgentConfig, bad, "agent", environ={})
