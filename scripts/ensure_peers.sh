@@ -6,13 +6,20 @@ set -euo pipefail
 # command:package pairs
 PEERS=(
     "logger:bsdutils"
+    "initdb:postgresql"
+    "pg_ctl:postgresql"
 )
+
+# Debian keeps the PostgreSQL server binaries out of PATH.
+found() {
+    command -v "$1" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+}
 
 missing=()
 for pair in "${PEERS[@]}"; do
     command_name="${pair%%:*}"
     package="${pair##*:}"
-    if ! command -v "$command_name" >/dev/null 2>&1; then
+    if ! found "$command_name" && [[ ! " ${missing[*]} " == *" $package "* ]]; then
         missing+=("$package")
     fi
 done
