@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,3 +94,12 @@ def free_udp_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "") -> None:
+    """Wait until ``predicate()`` is true, failing after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)
