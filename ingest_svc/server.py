@@ -60,6 +60,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.forwarder = forwarder
         self.capacity = asyncio.Semaphore(limits.max_inflight_batches)
         self.streams = 0
+        self.sessions: set[_StreamSession] = set()
+
+    async def drain(self) -> None:
+        """End every open stream once its in-flight batches are acked (on shutdown)."""
+        await asyncio.gather(*(session.drain() for session in list(self.sessions)))
 
     def _saturated(self) -> bool:
         return self.capacity.locked()
@@ -195,6 +200,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return _push_response(batch.batch_id, delivery)
 
 
+class _Draining(Exception):
+    """Queued after the last ack when the server drains: the stream ends with UNAVAILABLE."""
+
+
 class _StreamSession:
     """One agent stream: reads batches while the window allows, acks as each completes."""
 
@@ -205,25 +214,45 @@ class _StreamSession:
         self.window = asyncio.Semaphore(servicer.limits.max_unacked_batches)
         self.acks: asyncio.Queue[ingest_pb2.StreamResponse | BaseException | None] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.reader: asyncio.Task[None] | None = None
 
     async def run(
         self, requests: AsyncIterator[ingest_pb2.StreamRequest]
     ) -> AsyncIterator[ingest_pb2.StreamResponse]:
         reader = asyncio.create_task(self._read(requests), name=f"ingest-read-{self.agent_id}")
+        self.reader = reader
+        self.servicer.sessions.add(self)
         try:
             while True:
                 item = await self.acks.get()
                 if item is None:
                     return
+                if isinstance(item, _Draining):
+                    await abort_with_retry(
+                        self.context,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "ingest is shutting down; reconnect and re-send un-acked batches",
+                        self.servicer.limits.retry_delay_s,
+                        "DRAINING",
+                    )
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
+            self.servicer.sessions.discard(self)
             reader.cancel()
             for task in list(self.tasks):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    async def drain(self) -> None:
+        """Stop reading, let the batches already read finish and be acked, then end."""
+        if self.reader is not None:
+            self.reader.cancel()
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        await self.acks.put(_Draining())
 
     async def _read(self, requests: AsyncIterator[ingest_pb2.StreamRequest]) -> None:
         try:
@@ -314,6 +343,7 @@ class IngestApp:
         )
         self.channels: list[grpc.aio.Channel] = []
         self.monitor: DependencyMonitor | None = None
+        self.runtime.before_drain.append(self.servicer.drain)
 
     def _channel(self, client: ClientConfig, service: str) -> grpc.aio.Channel:
         channel = open_channel(

@@ -241,3 +241,24 @@ async def test_operator_may_push_for_any_agent(mothership: Mothership, pki: Pki)
         stub = ingest_pb2_grpc.IngestServiceStub(ch)
         reply = await stub.Push(ingest_pb2.PushRequest(batch=make_batch("tool", [make_event("x")])))
     assert reply.status == ingest_pb2.ACK_STATUS_OK
+
+
+async def test_shutdown_acks_what_it_read_then_ends_streams_at_once(
+    mothership: Mothership, pki: Pki
+) -> None:
+    ingest = mothership.ingest
+    ingest.config.server.grace_period_s = 30
+    batch = make_batch("site-a", [make_event("just before shutdown")])
+    async with secure_channel(ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        ack = await stream.send(batch)
+        started = asyncio.get_running_loop().time()
+        stopping = asyncio.ensure_future(ingest.runtime.stop())
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stream.call.read()
+        await stopping
+    assert ack.status == ingest_pb2.ACK_STATUS_OK
+    assert asyncio.get_running_loop().time() - started < 5
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in (caught.value.details() or "")
