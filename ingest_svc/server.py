@@ -7,8 +7,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 
 import grpc
+from opentelemetry import trace
 
 from gen.edgebot.v1 import (
     event_pb2,
@@ -23,7 +25,7 @@ from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.forwarder import Delivery, Forwarder
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events
-from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds
+from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
 from mesh.channel import open_channel
 from mesh.config import ClientConfig
 from mesh.errors import abort_denied, abort_invalid, abort_with_retry
@@ -31,6 +33,7 @@ from mesh.health import DependencyMonitor
 from mesh.types import Context
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("edgebot.ingest")
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
@@ -146,18 +149,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         """Validate, forward and account one batch; never raises for downstream trouble."""
         started = time.perf_counter()
         metrics.EVENTS.inc(len(batch.events))
-        problem = batch_problem(batch, batch.ByteSize(), self.limits)
-        if problem is not None:
-            delivery = Delivery(
-                status=ingest_pb2.ACK_STATUS_REJECTED, received=len(batch.events), message=problem
-            )
-        else:
-            async with self.capacity:
-                metrics.INFLIGHT_BATCHES.inc()
-                try:
-                    delivery = await self._deliver(batch, check_events(batch, self.limits))
-                finally:
-                    metrics.INFLIGHT_BATCHES.dec()
+        with batch_span(batch) as span:
+            problem = batch_problem(batch, batch.ByteSize(), self.limits)
+            if problem is not None:
+                delivery = Delivery(
+                    status=ingest_pb2.ACK_STATUS_REJECTED,
+                    received=len(batch.events),
+                    message=problem,
+                )
+            else:
+                async with self.capacity:
+                    metrics.INFLIGHT_BATCHES.inc()
+                    try:
+                        delivery = await self._deliver(batch, check_events(batch, self.limits))
+                    finally:
+                        metrics.INFLIGHT_BATCHES.dec()
+            record_delivery(span, delivery)
         metrics.REQUESTS.labels(_STATUS_NAMES[delivery.status]).inc()
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
         return delivery
@@ -198,6 +205,30 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             field_name, _, reason = delivery.message.partition(": ")
             await abort_invalid(context, field_name or "batch", reason or delivery.message)
         return _push_response(batch.batch_id, delivery)
+
+
+def batch_span(batch: event_pb2.EventBatch) -> AbstractContextManager[trace.Span]:
+    """A span per batch, continuing the trace the agent put in the batch (if any), so one
+    trace follows a batch even though many batches share one stream."""
+    parent = tracing.extract_context(batch.trace_context.items()) if batch.trace_context else None
+    return tracer.start_as_current_span(
+        "ingest.batch",
+        context=parent,
+        attributes={
+            "edgebot.batch_id": batch.batch_id,
+            "edgebot.agent_id": batch.agent_id,
+            "edgebot.events": len(batch.events),
+            "edgebot.is_retry": batch.is_retry,
+        },
+    )
+
+
+def record_delivery(span: trace.Span, delivery: Delivery) -> None:
+    span.set_attribute("edgebot.ack_status", _STATUS_NAMES[delivery.status])
+    span.set_attribute("edgebot.accepted", delivery.accepted)
+    span.set_attribute("edgebot.duplicates", delivery.duplicates)
+    for result in delivery.sink_results:
+        span.set_attribute(f"edgebot.sink.{result.sink}", event_pb2.SinkStatus.Name(result.status))
 
 
 class _Draining(Exception):

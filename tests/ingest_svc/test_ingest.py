@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import Pki, make_config, secure_channel
 
 from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
@@ -262,3 +263,26 @@ async def test_shutdown_acks_what_it_read_then_ends_streams_at_once(
     assert asyncio.get_running_loop().time() - started < 5
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shutting down" in (caught.value.details() or "")
+
+
+async def test_one_trace_follows_a_batch_through_ingest_pipeline_and_storage(
+    mothership: Mothership, pki: Pki, spans: InMemorySpanExporter
+) -> None:
+    trace_id, agent_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    batch = make_batch("site-a", [make_event("traced")])
+    batch.trace_context["traceparent"] = f"00-{trace_id}-{agent_span}-01"
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        await ingest_pb2_grpc.IngestServiceStub(ch).Push(ingest_pb2.PushRequest(batch=batch))
+    finished = {span.name: span for span in spans.get_finished_spans()}
+    batch_span = finished["ingest.batch"]
+    assert format(batch_span.context.trace_id, "032x") == trace_id
+    assert batch_span.parent is not None
+    assert format(batch_span.parent.span_id, "016x") == agent_span
+    assert batch_span.attributes is not None
+    assert batch_span.attributes["edgebot.batch_id"] == batch.batch_id
+    assert batch_span.attributes["edgebot.sink.sqlite"] == "SINK_STATUS_OK"
+    for hop in ("edgebot.v1.PipelineService/Process", "edgebot.v1.StorageService/Write"):
+        span = finished[hop]
+        assert span.context.trace_id == batch_span.context.trace_id, hop
+        assert span.parent is not None
+        assert span.parent.span_id == batch_span.context.span_id, hop

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x64gebot/v1/event.proto\x12\nedgebot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\robserved_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12&\n\x08severity\x18\x08 \x01(\x0e\x32\x14.edgebot.v1.Severity\x12\x0f\n\x07message\x18\t \x01(\t\x12\x35\n\nattributes\x18\n \x03(\x0b\x32!.edgebot.v1.Event.AttributesEntry\x12)\n\x04tags\x18\x0b \x03(\x0b\x32\x1b.edgebot.v1.Event.TagsEntry\x12\x10\n\x03raw\x18\x0c \x01(\x0cH\x00\x88\x01\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_raw\"r\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08is_retry\x18\x04 \x01(\x08\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.edgebot.v1.Event\"L\n\nEventError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x88\x01\n\nDeadLetter\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.edgebot.v1.EventError\x12 \n\x05\x65vent\x18\x02 \x01(\x0b\x32\x11.edgebot.v1.Event\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\"f\n\x10QuarantinedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12 \n\x05\x65vent\x18\x02 \x01(\x0b\x32\x11.edgebot.v1.Event\x12\x11\n\tprocessor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb4\x01\n\nSinkResult\x12\x0c\n\x04sink\x18\x01 \x01(\t\x12\x0f\n\x07primary\x18\x02 \x01(\x08\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.edgebot.v1.SinkStatus\x12\x0f\n\x07written\x18\x04 \x01(\r\x12\x12\n\nduplicates\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration*\xd6\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SEVERITY_EMERGENCY\x10\x01\x12\x12\n\x0eSEVERITY_ALERT\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04\x12\x14\n\x10SEVERITY_WARNING\x10\x05\x12\x13\n\x0fSEVERITY_NOTICE\x10\x06\x12\x1a\n\x16SEVERITY_INFORMATIONAL\x10\x07\x12\x12\n\x0eSEVERITY_DEBUG\x10\x08*\x88\x01\n\nSinkStatus\x12\x1b\n\x17SINK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSINK_STATUS_OK\x10\x01\x12\x19\n\x15SINK_STATUS_DUPLICATE\x10\x02\x12\x16\n\x12SINK_STATUS_QUEUED\x10\x03\x12\x16\n\x12SINK_STATUS_FAILED\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x65\x64gebot/v1/event.proto\x12\nedgebot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x03\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\robserved_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0c\n\x04host\x18\x06 \x01(\t\x12\x0f\n\x07service\x18\x07 \x01(\t\x12&\n\x08severity\x18\x08 \x01(\x0e\x32\x14.edgebot.v1.Severity\x12\x0f\n\x07message\x18\t \x01(\t\x12\x35\n\nattributes\x18\n \x03(\x0b\x32!.edgebot.v1.Event.AttributesEntry\x12)\n\x04tags\x18\x0b \x03(\x0b\x32\x1b.edgebot.v1.Event.TagsEntry\x12\x10\n\x03raw\x18\x0c \x01(\x0cH\x00\x88\x01\x01\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04_raw\"\xe8\x01\n\nEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08is_retry\x18\x04 \x01(\x08\x12!\n\x06\x65vents\x18\x05 \x03(\x0b\x32\x11.edgebot.v1.Event\x12?\n\rtrace_context\x18\x06 \x03(\x0b\x32(.edgebot.v1.EventBatch.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"L\n\nEventError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x88\x01\n\nDeadLetter\x12%\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x16.edgebot.v1.EventError\x12 \n\x05\x65vent\x18\x02 \x01(\x0b\x32\x11.edgebot.v1.Event\x12\r\n\x05stage\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x05 \x01(\t\"f\n\x10QuarantinedEvent\x12\r\n\x05index\x18\x01 \x01(\r\x12 \n\x05\x65vent\x18\x02 \x01(\x0b\x32\x11.edgebot.v1.Event\x12\x11\n\tprocessor\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xb4\x01\n\nSinkResult\x12\x0c\n\x04sink\x18\x01 \x01(\t\x12\x0f\n\x07primary\x18\x02 \x01(\x08\x12&\n\x06status\x18\x03 \x01(\x0e\x32\x16.edgebot.v1.SinkStatus\x12\x0f\n\x07written\x18\x04 \x01(\r\x12\x12\n\nduplicates\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12+\n\x08\x64uration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration*\xd6\x01\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12SEVERITY_EMERGENCY\x10\x01\x12\x12\n\x0eSEVERITY_ALERT\x10\x02\x12\x15\n\x11SEVERITY_CRITICAL\x10\x03\x12\x12\n\x0eSEVERITY_ERROR\x10\x04\x12\x14\n\x10SEVERITY_WARNING\x10\x05\x12\x13\n\x0fSEVERITY_NOTICE\x10\x06\x12\x1a\n\x16SEVERITY_INFORMATIONAL\x10\x07\x12\x12\n\x0eSEVERITY_DEBUG\x10\x08*\x88\x01\n\nSinkStatus\x12\x1b\n\x17SINK_STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSINK_STATUS_OK\x10\x01\x12\x19\n\x15SINK_STATUS_DUPLICATE\x10\x02\x12\x16\n\x12SINK_STATUS_QUEUED\x10\x03\x12\x16\n\x12SINK_STATUS_FAILED\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,24 +37,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_TAGSENTRY']._loaded_options = None
   _globals['_EVENT_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_SEVERITY']._serialized_start=1177
-  _globals['_SEVERITY']._serialized_end=1391
-  _globals['_SINKSTATUS']._serialized_start=1394
-  _globals['_SINKSTATUS']._serialized_end=1530
+  _globals['_EVENTBATCH_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_EVENTBATCH_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_SEVERITY']._serialized_start=1296
+  _globals['_SEVERITY']._serialized_end=1510
+  _globals['_SINKSTATUS']._serialized_start=1513
+  _globals['_SINKSTATUS']._serialized_end=1649
   _globals['_EVENT']._serialized_start=104
   _globals['_EVENT']._serialized_end=554
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_start=452
   _globals['_EVENT_ATTRIBUTESENTRY']._serialized_end=501
   _globals['_EVENT_TAGSENTRY']._serialized_start=503
   _globals['_EVENT_TAGSENTRY']._serialized_end=546
-  _globals['_EVENTBATCH']._serialized_start=556
-  _globals['_EVENTBATCH']._serialized_end=670
-  _globals['_EVENTERROR']._serialized_start=672
-  _globals['_EVENTERROR']._serialized_end=748
-  _globals['_DEADLETTER']._serialized_start=751
-  _globals['_DEADLETTER']._serialized_end=887
-  _globals['_QUARANTINEDEVENT']._serialized_start=889
-  _globals['_QUARANTINEDEVENT']._serialized_end=991
-  _globals['_SINKRESULT']._serialized_start=994
-  _globals['_SINKRESULT']._serialized_end=1174
+  _globals['_EVENTBATCH']._serialized_start=557
+  _globals['_EVENTBATCH']._serialized_end=789
+  _globals['_EVENTBATCH_TRACECONTEXTENTRY']._serialized_start=738
+  _globals['_EVENTBATCH_TRACECONTEXTENTRY']._serialized_end=789
+  _globals['_EVENTERROR']._serialized_start=791
+  _globals['_EVENTERROR']._serialized_end=867
+  _globals['_DEADLETTER']._serialized_start=870
+  _globals['_DEADLETTER']._serialized_end=1006
+  _globals['_QUARANTINEDEVENT']._serialized_start=1008
+  _globals['_QUARANTINEDEVENT']._serialized_end=1110
+  _globals['_SINKRESULT']._serialized_start=1113
+  _globals['_SINKRESULT']._serialized_end=1293
 # @@protoc_insertion_point(module_scope)
