@@ -8,6 +8,8 @@ PEERS=(
     "logger:bsdutils"
     "initdb:postgresql"
     "pg_ctl:postgresql"
+    "prometheus:prometheus"
+    "promtool:prometheus"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.

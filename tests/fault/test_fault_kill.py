@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mesh_harness import MeshProcesses, send_numbered, wait_for_all
+from mesh_processes import MeshProcesses, send_numbered, wait_for_all
 from support import free_port_base, free_udp_port
 
 from edgebot.layout import StateDir, ports_for
