@@ -10,6 +10,8 @@ PEERS=(
     "pg_ctl:postgresql"
     "prometheus:prometheus"
     "promtool:prometheus"
+    "node:nodejs"
+    "npm:npm"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.

@@ -4,63 +4,27 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from inprocess_mesh import Mothership, storage_app
+from inprocess_mesh import mothership as inprocess_mothership
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from support import Pki, make_config, secure_channel
+from support import Pki, secure_channel
 
 from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
-from ingest_svc import IngestServiceConfig
-from ingest_svc import build as build_ingest
 from mesh.app import App, running
 from mesh.ids import uuid7
 from mesh.timeutil import now_ns, ns_to_ts
-from pipeline_svc import PipelineServiceConfig
-from pipeline_svc import build as build_pipeline
-from storage_svc import StorageServiceConfig
-from storage_svc import build as build_storage
-
-
-@dataclass
-class Mothership:
-    ingest: App
-    storage: App
-    stack: AsyncExitStack
-
-
-def storage_app(pki: Pki, tmp_path: Path, port: int = 0) -> App:
-    config = make_config(
-        StorageServiceConfig,
-        pki,
-        "storage",
-        server={"port": port},
-        sqlite={"path": str(tmp_path / "events.db")},
-    )
-    return build_storage(config)
 
 
 @pytest.fixture
 async def mothership(pki: Pki, tmp_path: Path) -> AsyncIterator[Mothership]:
-    async with AsyncExitStack() as stack:
-        pipeline = await stack.enter_async_context(
-            running(build_pipeline(make_config(PipelineServiceConfig, pki, "pipeline")))
-        )
-        storage = await stack.enter_async_context(running(storage_app(pki, tmp_path)))
-        config = make_config(
-            IngestServiceConfig,
-            pki,
-            "ingest",
-            ingest={"max_events_per_batch": 100, "max_unacked_batches": 4, "retry_delay_s": 0.25},
-            pipeline={"addresses": [f"127.0.0.1:{pipeline.runtime.ports.grpc}"], "timeout_s": 2},
-            storage={"addresses": [f"127.0.0.1:{storage.runtime.ports.grpc}"], "timeout_s": 2},
-        )
-        ingest = await stack.enter_async_context(running(build_ingest(config)))
-        yield Mothership(ingest, storage, stack)
+    limits = {"max_events_per_batch": 100, "max_unacked_batches": 4, "retry_delay_s": 0.25}
+    async with inprocess_mothership(pki, tmp_path, ingest=limits) as mesh:
+        yield mesh
 
 
 def make_event(message: str, **fields: Any) -> event_pb2.Event:
