@@ -12,6 +12,7 @@ PEERS=(
     "promtool:prometheus"
     "node:nodejs"
     "npm:npm"
+    "docker-compose:docker-compose"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.
