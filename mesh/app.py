@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,12 @@ log = logging.getLogger(__name__)
 
 
 class App(Protocol):
-    """A service: its runtime (server) plus whatever it opens and closes around it."""
+    """A service: its runtime (server) plus whatever it opens and closes around it.
+
+    A service whose settings can change while it runs also defines
+    ``async def reload(self, config) -> None`` (raising ConfigError to refuse the new
+    configuration); SIGHUP re-reads the config file and calls it.
+    """
 
     runtime: ServiceRuntime
 
@@ -47,9 +53,26 @@ async def running(app: App) -> AsyncIterator[App]:
             log.exception("%s: error while closing", app.runtime.name)
 
 
-async def run_until_signal(app: App) -> None:
+async def run_until_signal(app: App, reload: Callable[[], ServiceConfig] | None = None) -> None:
     async with running(app):
+        if reload is not None and hasattr(app, "reload"):
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(_reload(app, reload))
+            )
         await app.runtime.wait_for_stop_signal()
+
+
+async def _reload(app: App, read_config: Callable[[], ServiceConfig]) -> None:
+    """Apply a re-read configuration; a bad one is refused and the running one stays."""
+    name = app.runtime.name
+    try:
+        config = read_config()
+        await app.reload(config)  # type: ignore[attr-defined]
+    except ConfigError as exc:
+        log.error("%s: new configuration refused, keeping the running one: %s", name, exc)
+        return
+    log.info("%s: configuration reloaded", name)
 
 
 def service_main(
@@ -73,7 +96,7 @@ def service_main(
         print(f"edgebot {name}: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_until_signal(app))
+        asyncio.run(run_until_signal(app, lambda: load_config(model, args.config, name)))
     except Exception as exc:
         log.debug("start-up failure", exc_info=True)
         print(f"edgebot {name}: could not start: {exc}", file=sys.stderr)
