@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,11 @@ from anomaly_svc import AnomalyServiceConfig
 from anomaly_svc import build as build_anomaly
 from edge_agent import AgentConfig
 from edge_agent import build as build_agent
-from gen.edgebot.v1 import pipeline_pb2, pipeline_pb2_grpc
+from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc
 from ingest_svc import IngestServiceConfig
 from ingest_svc import build as build_ingest
 from mesh.app import App, running
+from mesh.config import TlsConfig
 from mesh.pki import DevCA
 from mesh.tls import channel_credentials
 from pipeline_svc import PipelineServiceConfig
@@ -195,3 +199,34 @@ async def test_ingest_reports_not_serving_while_dependencies_are_down(
     async with running(_ingest(pki, tmp_path)) as app:
         async with secure_channel(app.runtime.ports.grpc, pki.operator()) as channel:
             assert await _health(channel, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_expired_certificate_is_refused(service: tuple[App, str], pki: Pki) -> None:
+    app, _ = service
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    paths = pki.ca.issue(
+        "operator",
+        "expired",
+        not_before=long_ago,
+        validity=dt.timedelta(days=1),
+        file_stem=f"expired-{uuid.uuid4().hex}",
+    )
+    expired = TlsConfig(ca_file=pki.directory / "ca.crt", cert_file=paths.cert, key_file=paths.key)
+    async with secure_channel(app.runtime.ports.grpc, expired) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _health(channel, "")
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_refusals_are_logged_with_the_caller(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="edgebot.access")
+    async with running(_anomaly(pki, tmp_path)) as app:
+        async with secure_channel(app.runtime.ports.grpc, pki.agent("site-a")) as channel:
+            stub = anomaly_pb2_grpc.AnomalyServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListAnomalies(anomaly_pb2.ListAnomaliesRequest(), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    denied = [r.getMessage() for r in caplog.records if r.name == "edgebot.access"]
+    assert denied == ["denied /edgebot.v1.AnomalyService/ListAnomalies for agent:site-a"]
