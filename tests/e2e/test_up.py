@@ -152,6 +152,16 @@ async def test_logger_lines_reach_storage_through_the_whole_mesh(
     finally:
         code = stop_mesh(mesh)
     assert code == 0, mesh.process.stdout.read() if mesh.process.stdout else ""
+    assert_no_secrets_in_logs(state_dir)
+
+
+def assert_no_secrets_in_logs(state_dir: Path) -> None:
+    logs = "\n".join(p.read_text(errors="replace") for p in (state_dir / "logs").glob("*.log"))
+    assert logs, "the services wrote no logs"
+    assert "PRIVATE KEY" not in logs
+    for key_file in (state_dir / "certs").glob("*.key"):
+        body = [line for line in key_file.read_text().splitlines() if "-----" not in line]
+        assert not any(line in logs for line in body), f"{key_file.name} leaked into a log"
 
 
 async def test_second_up_reuses_certificates_and_data(mesh_dir: tuple[Path, int, int]) -> None:
