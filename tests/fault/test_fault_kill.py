@@ -38,11 +38,22 @@ async def mesh(tmp_path: Path) -> AsyncIterator[MeshProcesses]:
         processes.stop_all()
 
 
+def udp_receive_buffer_errors() -> int:
+    """The kernel's count of UDP datagrams dropped because a socket buffer was full."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    header, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
+    return int(values[header.index("RcvbufErrors")])
+
+
 def assert_exactly_once(sent: list[str], stored: Counter[str], mesh: MeshProcesses) -> None:
     missing = [m for m in sent if m not in stored]
     doubled = {m: n for m, n in stored.items() if n > 1}
     extra = set(stored) - set(sent)
-    report = f"sent {len(sent)}, stored {len(stored)}, missing {len(missing)}"
+    report = (
+        f"sent {len(sent)}, agent received {received_by_agent(mesh):.0f}, "
+        f"stored {len(stored)}, missing {len(missing)}; kernel UDP buffer drops so far "
+        f"{udp_receive_buffer_errors()}"
+    )
     assert not missing, f"{report}; first missing {missing[:3]}\n{mesh.log_tail('agent')}"
     assert not doubled, f"{report}; doubled {list(doubled.items())[:3]}"
     assert not extra, f"{report}; unexpected {list(extra)[:3]}"
@@ -69,6 +80,37 @@ async def test_kill_9_of_a_mothership_service_mid_stream(mesh: MeshProcesses, vi
     assert_exactly_once(sent, stored, mesh)
 
 
+async def test_sigterm_of_ingest_during_load_loses_nothing(mesh: MeshProcesses) -> None:
+    marker = uuid.uuid4().hex
+    sending = asyncio.ensure_future(send_numbered(mesh.syslog_port, marker, 1500, 500))
+    await asyncio.sleep(1.0)
+    assert mesh.kill("ingest", signal.SIGTERM) == 0
+    await mesh.start_and_wait("ingest")
+    sent = await sending
+    stored = await wait_for_all(mesh, marker, len(sent), DRAIN_TIMEOUT_S)
+    assert_exactly_once(sent, stored, mesh)
+
+
+async def test_sigterm_of_the_agent_keeps_its_spool(mesh: MeshProcesses) -> None:
+    marker = uuid.uuid4().hex
+    mesh.kill("ingest", signal.SIGTERM)
+    sent = await send_numbered(mesh.syslog_port, marker, 1000, 1000)
+    await wait_received(mesh, len(sent))
+    assert mesh.kill("agent", signal.SIGTERM) == 0
+    await mesh.start_and_wait("agent")
+    await mesh.start_and_wait("ingest")
+    stored = await wait_for_all(mesh, marker, len(sent), DRAIN_TIMEOUT_S)
+    assert_exactly_once(sent, stored, mesh)
+
+
+async def wait_received(mesh: MeshProcesses, count: int) -> None:
+    for _ in range(100):
+        if await asyncio.to_thread(received_by_agent, mesh) >= count:
+            return
+        await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(received_by_agent, mesh) == count
+
+
 async def test_ingest_down_for_a_while_then_back(mesh: MeshProcesses) -> None:
     marker = uuid.uuid4().hex
     mesh.kill("ingest", signal.SIGTERM)
@@ -84,11 +126,7 @@ async def test_kill_9_of_the_agent_loses_nothing_it_spooled(mesh: MeshProcesses)
     marker = uuid.uuid4().hex
     mesh.kill("ingest", signal.SIGTERM)
     sent = await send_numbered(mesh.syslog_port, marker, 3000, 2000)
-    for _ in range(100):
-        if await asyncio.to_thread(received_by_agent, mesh) >= len(sent):
-            break
-        await asyncio.sleep(0.1)
-    assert await asyncio.to_thread(received_by_agent, mesh) == len(sent)
+    await wait_received(mesh, len(sent))
     await mesh.start_and_wait("ingest")
     # Kill the agent while it drains its spool into the restarted ingest.
     for _ in range(200):

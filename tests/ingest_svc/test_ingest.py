@@ -250,3 +250,30 @@ async def test_one_trace_follows_a_batch_through_ingest_pipeline_and_storage(
         assert span.context.trace_id == batch_span.context.trace_id, hop
         assert span.parent is not None
         assert span.parent.span_id == batch_span.context.span_id, hop
+
+
+async def test_lost_ack_then_resend_is_recognised_as_duplicate(
+    mothership: Mothership, pki: Pki
+) -> None:
+    batch = make_batch("site-a", [make_event(f"ack lost {i}") for i in range(4)])
+    expected = sorted(e.id for e in batch.events)
+    port = mothership.ingest.runtime.ports.grpc
+    async with secure_channel(port, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        await stream.call.write(ingest_pb2.StreamRequest(batch=batch))
+        # Storage commits; the connection dies before the agent reads its ack.
+        for _ in range(200):
+            if sorted(await stored_ids(mothership.storage, pki)) == expected:
+                break
+            await asyncio.sleep(0.01)
+        stream.call.cancel()
+    async with secure_channel(port, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        batch.is_retry = True
+        ack = await stream.send(batch)
+        await stream.call.done_writing()
+    assert ack.status == ingest_pb2.ACK_STATUS_OK
+    assert ack.duplicates == 4
+    assert sorted(await stored_ids(mothership.storage, pki)) == expected
