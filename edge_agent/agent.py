@@ -6,6 +6,8 @@ import logging
 
 from edge_agent.config import AgentConfig
 from edge_agent.inputs.base import Input
+from edge_agent.inputs.file_tail import FileTailInput
+from edge_agent.inputs.syslog_tcp import SyslogTcpInput
 from edge_agent.inputs.syslog_udp import SyslogUdpInput
 from edge_agent.shipper import Shipper
 from edge_agent.spool import Spool
@@ -21,10 +23,7 @@ class AgentApp:
         self.config = config
         self.spool = Spool(config.spool.path, config.spool.max_bytes)
         self.shipper = Shipper(config, self.spool)
-        self.inputs: list[Input] = []
-        syslog_udp = config.inputs.syslog_udp
-        if syslog_udp.enabled:
-            self.inputs.append(SyslogUdpInput(syslog_udp, self.spool, config.agent.id))
+        self.inputs = _inputs(config, self.spool)
         self.runtime = ServiceRuntime(
             name="agent",
             config=config,
@@ -52,6 +51,19 @@ class AgentApp:
                 log.exception("input %s failed to stop cleanly", source.name)
         await self.shipper.stop(self.config.server.grace_period_s)
         await self.spool.close()
+
+
+def _inputs(config: AgentConfig, spool: Spool) -> list[Input]:
+    """The enabled inputs; a TLS listener whose files cannot be loaded fails here."""
+    agent_id, inputs = config.agent.id, config.inputs
+    enabled: list[Input] = []
+    if inputs.syslog_udp.enabled:
+        enabled.append(SyslogUdpInput(inputs.syslog_udp, spool, agent_id))
+    for name, tcp in (("syslog_tcp", inputs.syslog_tcp), ("syslog_tls", inputs.syslog_tls)):
+        if tcp.enabled:
+            enabled.append(SyslogTcpInput(tcp, spool, agent_id, name))
+    enabled.extend(FileTailInput(files, spool, agent_id) for files in inputs.files)
+    return enabled
 
 
 def build(config: AgentConfig) -> AgentApp:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 import socket
 import zoneinfo
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from mesh.config import ClientConfig, Section, ServiceConfig
 
@@ -21,6 +24,14 @@ class AgentSection(Section):
         "Defaults to the hostname.",
     )
     site: str = Field("", description="Site this agent runs at (informational).")
+
+
+def _check_zone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
 
 
 class SyslogUdpConfig(Section):
@@ -49,17 +60,200 @@ class SyslogUdpConfig(Section):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
+class SyslogTlsConfig(Section):
+    """TLS on a syslog TCP listener (RFC 5425); the files are the agent's PEM files."""
+
+    enabled: bool = Field(False, description="Require TLS on every connection.")
+    cert_file: Path | None = Field(None, description="Server certificate (PEM).")
+    key_file: Path | None = Field(None, description="Server private key (PEM).")
+    ca_file: Path | None = Field(
+        None,
+        description="CA bundle for client certificates: presented ones are verified against "
+        "it; required when require_client_cert is true.",
+    )
+    require_client_cert: bool = Field(
+        False, description="Refuse senders that present no certificate signed by ca_file."
+    )
+    handshake_timeout_s: float = Field(
+        10.0, gt=0, description="A sender that does not finish the handshake in time is cut."
+    )
+
+    @model_validator(mode="after")
+    def _files_present(self) -> Self:
+        if not self.enabled:
+            return self
+        needed = ["cert_file", "key_file"] + (["ca_file"] if self.require_client_cert else [])
+        for name in needed:
+            path = getattr(self, name)
+            if path is None:
+                raise ValueError(f"{name}: required when TLS is enabled")
+            if not path.is_file():
+                raise ValueError(f"{name}: file not found: {path}")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file: file not found: {self.ca_file}")
+        return self
+
+
+class SyslogTcpConfig(Section):
+    enabled: bool = Field(False, description="Listen for syslog over TCP (RFC 6587 framing).")
+    host: str = Field("0.0.0.0", description="Address the TCP listener binds to.")
+    port: int = Field(5514, ge=0, le=65535, description="TCP port; 0 picks a free port.")
+    max_message_bytes: int = Field(
+        65536,
+        ge=64,
+        le=16 * 1024 * 1024,
+        description="Longer frames are truncated (attribute input.truncated) and the rest "
+        "of the frame is skipped; counted as framing error 'oversize'.",
+    )
+    max_connections: int = Field(
+        256, ge=1, description="Connections beyond this are closed at once and counted."
+    )
+    idle_timeout_s: float = Field(
+        300.0, gt=0, description="A connection that sends nothing for this long is closed."
+    )
+    timezone: str = Field(
+        "UTC", description="IANA zone of RFC 3164 timestamps, which carry no offset."
+    )
+    read_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Bytes read from a socket at once."
+    )
+    blocked_poll_s: float = Field(
+        0.2,
+        gt=0,
+        le=60,
+        description="While the spool is full reading pauses; it retries the commit this often.",
+    )
+    tls: SyslogTlsConfig = Field(default_factory=SyslogTlsConfig, description="TLS.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_zone(value)
+
+
+def _default_syslog_tls() -> SyslogTcpConfig:
+    return SyslogTcpConfig(port=6514)
+
+
+class MultilineConfig(Section):
+    """Joins continuation lines (stack traces) to the line that starts a record."""
+
+    start_pattern: str = Field(
+        description="Regex (Python re, searched from the line start) that a record's first "
+        "line matches; other lines continue the current record."
+    )
+    max_lines: int = Field(500, ge=1, description="A record reaching this many lines is cut.")
+    max_bytes: int = Field(
+        256 * 1024, ge=64, description="A record reaching this many bytes is cut."
+    )
+    timeout_s: float = Field(
+        1.0, gt=0, description="A record with no new line for this long is complete."
+    )
+
+    @field_validator("start_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
         try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regular expression: {error}") from None
         return value
+
+
+class FileInputConfig(Section):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Names the input: source '<agent>/file:<name>' and the checkpoints.",
+    )
+    paths: list[str] = Field(
+        min_length=1, description="Glob patterns (** allowed); files appearing later count."
+    )
+    start_at: Literal["beginning", "end"] = Field(
+        "beginning",
+        description="Where to start in files found at this input's very first start; files "
+        "that appear afterwards are always read from the beginning.",
+    )
+    encoding: str = Field(
+        "utf-8", description="Text encoding (ASCII-compatible); invalid bytes are replaced."
+    )
+    parser: Literal["raw", "syslog"] = Field(
+        "raw", description="raw: one event per line; syslog: lines with a syslog header parsed."
+    )
+    timezone: str = Field("UTC", description="IANA zone of syslog timestamps without offset.")
+    multiline: MultilineConfig | None = Field(None, description="Multi-line records.")
+    poll_interval_s: float = Field(
+        0.25, gt=0, le=60, description="How often files are checked for new data and rotation."
+    )
+    max_line_bytes: int = Field(
+        65536,
+        ge=64,
+        le=16 * 1024 * 1024,
+        description="Longer lines are truncated (attribute input.truncated), the rest skipped.",
+    )
+    read_bytes: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Bytes read from a file at once."
+    )
+    commit_max_events: int = Field(
+        500, ge=1, description="Events committed to the spool in one transaction at most."
+    )
+    rotate_wait_s: float = Field(
+        1.0,
+        ge=0,
+        description="A file no pattern matches any more (renamed away, deleted) is read to "
+        "its end and closed once it has not grown for this long.",
+    )
+    blocked_poll_s: float = Field(
+        0.2, gt=0, le=60, description="While the spool is full, how often the commit is retried."
+    )
+
+    @field_validator("encoding")
+    @classmethod
+    def _ascii_compatible(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        if "\n".encode(value) != b"\n":
+            raise ValueError(f"encoding {value!r} is not ASCII-compatible; lines split on LF")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _check_zone(value)
 
 
 class InputsSection(Section):
     syslog_udp: SyslogUdpConfig = Field(
         default_factory=SyslogUdpConfig, description="Syslog over UDP."
     )
+    syslog_tcp: SyslogTcpConfig = Field(
+        default_factory=SyslogTcpConfig, description="Syslog over TCP (TLS optional)."
+    )
+    syslog_tls: SyslogTcpConfig = Field(
+        default_factory=_default_syslog_tls,
+        description="A second TCP listener, meant for TLS (RFC 5425, port 6514): the same "
+        "keys as syslog_tcp; set tls.enabled and the files.",
+    )
+    files: list[FileInputConfig] = Field(default_factory=list, description="Log files to tail.")
+
+    @model_validator(mode="after")
+    def _tls_listener_uses_tls(self) -> Self:
+        if self.syslog_tls.enabled and not self.syslog_tls.tls.enabled:
+            raise ValueError("syslog_tls.tls.enabled: must be true (use syslog_tcp for plain TCP)")
+        return self
+
+    @field_validator("files")
+    @classmethod
+    def _unique_names(cls, value: list[FileInputConfig]) -> list[FileInputConfig]:
+        names = [entry.name for entry in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"file input names must be unique: {', '.join(duplicates)}")
+        return value
 
 
 class SpoolSection(Section):

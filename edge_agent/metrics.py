@@ -40,3 +40,31 @@ CONNECTED = Gauge("edgebot_shipper_connected", "1 while a stream to ingest is es
 RECONNECTS = Counter(
     "edgebot_shipper_reconnects_total", "Failed or ended ingest streams, by cause.", ["cause"]
 )
+INPUT_BYTES = Counter(
+    "edgebot_input_bytes_total", "Bytes read by an input (socket or file).", ["input"]
+)
+INPUT_CONNECTIONS = Gauge(
+    "edgebot_input_connections", "Open connections of a stream input.", ["input"]
+)
+INPUT_CONNECTION_ERRORS = Counter(
+    "edgebot_input_connection_errors_total",
+    "Connections refused or cut by a stream input, by reason "
+    "(max_connections, tls_handshake, idle_timeout, reset).",
+    ["input", "reason"],
+)
+FRAMING_ERRORS = Counter(
+    "edgebot_input_framing_errors_total",
+    "Frames or lines that could not be read whole, by reason (oversize, incomplete).",
+    ["input", "reason"],
+)
+INPUT_BLOCKED_SECONDS = Counter(
+    "edgebot_input_blocked_seconds_total",
+    "Time an input that can wait (TCP, files) spent paused because the spool was full.",
+    ["input"],
+)
+FILES_TRACKED = Gauge("edgebot_files_tracked", "Files a file input has open.", ["input"])
+FILE_ROTATIONS = Counter(
+    "edgebot_file_rotations_total",
+    "Rotations a file input noticed, by kind (rename, truncate, replaced).",
+    ["input", "kind"],
+)

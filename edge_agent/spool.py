@@ -53,6 +53,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_ns INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS file_checkpoints (
+    input TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    path TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    fingerprint BLOB NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    PRIMARY KEY (input, identity)
+);
 """
 # EventBatch overhead beyond its events: ids, seq, flags (generous).
 BATCH_HEADER_BYTES = 256
@@ -102,6 +111,29 @@ class Waiting:
     oldest_appended_ns: int | None
 
 
+@dataclass(frozen=True)
+class FileCheckpoint:
+    """How far a file input has committed one file, named by its identity (device:inode).
+
+    ``fingerprint`` is the file's first bytes (up to a fixed length) when it was read, so
+    a reused inode or a rewritten file is told apart from the one checkpointed.
+    """
+
+    input: str
+    identity: str
+    path: str
+    offset: int
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class FileInputState:
+    """What the spool remembers of a file input: whether it ever ran, and its checkpoints."""
+
+    started: bool
+    checkpoints: dict[str, FileCheckpoint]
+
+
 class SpoolClosedError(RuntimeError):
     pass
 
@@ -137,10 +169,18 @@ class Spool:
         self._executor.shutdown(wait=True)
         self._executor = None
 
-    async def append(self, events: Sequence[event_pb2.Event]) -> AppendResult:
-        """Commit events in one transaction; those beyond the byte quota are refused."""
+    async def append(
+        self,
+        events: Sequence[event_pb2.Event],
+        checkpoints: Sequence[FileCheckpoint | None] = (),
+    ) -> AppendResult:
+        """Commit events in one transaction; those beyond the byte quota are refused.
+
+        ``checkpoints[i]``, when given, is the file position just after event ``i``: the
+        latest one per file among the accepted events is saved in the same transaction.
+        """
         rows = [(e.id, e.SerializeToString()) for e in events]
-        result = await self._run(lambda: self._append_sync(rows))
+        result = await self._run(lambda: self._append_sync(rows, checkpoints))
         if result.accepted:
             self.appended.set()
         self._publish()
@@ -179,6 +219,18 @@ class Spool:
     async def dead_letters(self) -> list[DeadLetterRow]:
         return await self._run(self._dead_letters_sync)
 
+    async def file_input_state(self, input_name: str) -> FileInputState:
+        return await self._run(lambda: self._file_input_state_sync(input_name))
+
+    async def save_file_checkpoints(
+        self,
+        input_name: str,
+        save: Sequence[FileCheckpoint] = (),
+        forget: Sequence[str] = (),
+    ) -> None:
+        """Save and drop checkpoints (by identity) and mark the input as started, at once."""
+        await self._run(lambda: self._save_checkpoints_sync(input_name, save, forget))
+
     async def _run(self, call: Callable[[], T]) -> T:
         if self._executor is None:
             raise SpoolClosedError(f"spool {self.path} is not open")
@@ -216,7 +268,9 @@ class Spool:
             self._db.close()
             self._db = None
 
-    def _append_sync(self, rows: list[tuple[str, bytes]]) -> AppendResult:
+    def _append_sync(
+        self, rows: list[tuple[str, bytes]], checkpoints: Sequence[FileCheckpoint | None]
+    ) -> AppendResult:
         room = self.max_bytes - self.bytes
         accepted: list[tuple[str, int, int, bytes]] = []
         stamp = now_ns()
@@ -231,6 +285,7 @@ class Spool:
                     "INSERT INTO events (event_id, appended_ns, size, data) VALUES (?, ?, ?, ?)",
                     accepted,
                 )
+                _upsert_checkpoints(conn, _latest_per_file(checkpoints[: len(accepted)]))
             self.events += len(accepted)
             self.bytes += sum(row[2] for row in accepted)
         return AppendResult(accepted=len(accepted), refused=len(rows) - len(accepted))
@@ -334,6 +389,58 @@ class Spool:
             DeadLetterRow(event_pb2.Event.FromString(data), batch_id, status, field, reason)
             for data, batch_id, status, field, reason in rows
         ]
+
+    def _file_input_state_sync(self, input_name: str) -> FileInputState:
+        conn = self._conn
+        started = conn.execute(
+            "SELECT 1 FROM meta WHERE key = ?", (_started_key(input_name),)
+        ).fetchone()
+        rows = conn.execute(
+            "SELECT identity, path, offset, fingerprint FROM file_checkpoints WHERE input = ?",
+            (input_name,),
+        ).fetchall()
+        checkpoints = {
+            identity: FileCheckpoint(input_name, identity, path, offset, bytes(fingerprint))
+            for identity, path, offset, fingerprint in rows
+        }
+        return FileInputState(started is not None, checkpoints)
+
+    def _save_checkpoints_sync(
+        self, input_name: str, save: Sequence[FileCheckpoint], forget: Sequence[str]
+    ) -> None:
+        with _transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, 1)", (_started_key(input_name),)
+            )
+            _upsert_checkpoints(conn, save)
+            conn.executemany(
+                "DELETE FROM file_checkpoints WHERE input = ? AND identity = ?",
+                [(input_name, identity) for identity in forget],
+            )
+
+
+def _started_key(input_name: str) -> str:
+    return f"file_input_started:{input_name}"
+
+
+def _latest_per_file(checkpoints: Sequence[FileCheckpoint | None]) -> list[FileCheckpoint]:
+    latest: dict[tuple[str, str], FileCheckpoint] = {}
+    for checkpoint in checkpoints:
+        if checkpoint is not None:
+            latest[(checkpoint.input, checkpoint.identity)] = checkpoint
+    return list(latest.values())
+
+
+def _upsert_checkpoints(conn: sqlite3.Connection, checkpoints: Sequence[FileCheckpoint]) -> None:
+    stamp = now_ns()
+    conn.executemany(
+        "INSERT INTO file_checkpoints "
+        "(input, identity, path, offset, fingerprint, updated_ns) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (input, identity) DO UPDATE SET path = excluded.path, "
+        "offset = excluded.offset, fingerprint = excluded.fingerprint, "
+        "updated_ns = excluded.updated_ns",
+        [(c.input, c.identity, c.path, c.offset, c.fingerprint, stamp) for c in checkpoints],
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:

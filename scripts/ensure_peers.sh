@@ -13,6 +13,7 @@ PEERS=(
     "node:nodejs"
     "npm:npm"
     "docker-compose:docker-compose"
+    "rsyslogd:rsyslog"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from edge_agent import metrics
-from edge_agent.spool import AppendResult, Spool
+from edge_agent.spool import AppendResult, FileCheckpoint, Spool
 from gen.edgebot.v1 import event_pb2
 
 log = logging.getLogger(__name__)
@@ -54,3 +57,55 @@ def _warn_full(spool: Spool) -> None:
             "spool full (quota %d bytes): dropping new events, see edgebot_spool_dropped_total",
             spool.max_bytes,
         )
+
+
+@dataclass
+class PendingCommit:
+    """Events to commit (with the file position after each, for file inputs) and progress."""
+
+    events: Sequence[event_pb2.Event]
+    checkpoints: Sequence[FileCheckpoint | None] = ()
+    committed: int = field(default=0)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.events) - self.committed
+
+
+async def commit_waiting(
+    spool: Spool,
+    pending: PendingCommit,
+    input_name: str,
+    poll_s: float,
+    give_up: asyncio.Event | None = None,
+) -> None:
+    """Commit every event, retrying every ``poll_s`` while the spool is full (nothing dropped).
+
+    For inputs that can wait (TCP, files): their callers stop reading meanwhile, which is
+    the backpressure. Once ``give_up`` is set, it returns after one more try, whatever
+    remains. Spool failures propagate; ``pending.committed`` says how far it got.
+    """
+    blocked = False
+    while pending.remaining:
+        result = await spool.append(
+            pending.events[pending.committed :], pending.checkpoints[pending.committed :]
+        )
+        pending.committed += result.accepted
+        if not pending.remaining or (give_up is not None and give_up.is_set()):
+            break
+        if not blocked:
+            blocked = True
+            log.warning("spool full: input %s pauses until space frees", input_name)
+        started = time.monotonic()
+        await _wait(give_up, poll_s)
+        metrics.INPUT_BLOCKED_SECONDS.labels(input_name).inc(time.monotonic() - started)
+    if blocked:
+        log.info("spool has room again: input %s resumes", input_name)
+
+
+async def _wait(event: asyncio.Event | None, timeout_s: float) -> None:
+    if event is None:
+        await asyncio.sleep(timeout_s)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)

@@ -97,6 +97,12 @@ def parse_syslog(data: bytes, received: Received) -> event_pb2.Event:
     return _syslog_event(data, parsed, received)
 
 
+def has_syslog_header(data: bytes) -> bool:
+    """Whether a line starts like syslog: a PRI, or an RFC 3164 or ISO 8601 timestamp."""
+    text = data[:64].decode("utf-8", errors="replace")
+    return any(pattern.match(text) for pattern in (_PRI, _BSD_TIME, _ISO_TIME))
+
+
 def raw_event(data: bytes, text: str, received: Received, reason: str) -> event_pb2.Event:
     """The event kept for input that could not be parsed."""
     event = event_pb2.Event(
