@@ -50,6 +50,12 @@ class SyslogUdpConfig(Section):
     flush_max_events: int = Field(
         256, ge=1, description="Datagrams committed to the spool in one transaction at most."
     )
+    receive_buffer_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=0,
+        description="Socket receive buffer asked of the kernel (0 keeps the OS default); "
+        "bursts beyond it are dropped by the kernel (edgebot_input_kernel_drops).",
+    )
     max_pending: int = Field(
         50_000,
         ge=1,

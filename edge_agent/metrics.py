@@ -68,3 +68,9 @@ FILE_ROTATIONS = Counter(
     "Rotations a file input noticed, by kind (rename, truncate, replaced).",
     ["input", "kind"],
 )
+
+UDP_KERNEL_DROPS = Gauge(
+    "edgebot_input_kernel_drops",
+    "Datagrams the kernel dropped because the input's receive buffer was full.",
+    ["input"],
+)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import zoneinfo
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge_agent import metrics
@@ -18,6 +21,38 @@ from gen.edgebot.v1 import event_pb2
 from mesh.timeutil import now_ns
 
 log = logging.getLogger(__name__)
+
+
+def set_receive_buffer(sock: Any, wanted: int) -> int:
+    """Ask for a socket receive buffer of ``wanted`` bytes; returns what the kernel granted.
+
+    A burst larger than the buffer is dropped by the kernel before the agent sees it, so
+    the buffer is raised past the system default; SO_RCVBUFFORCE (root) ignores rmem_max.
+    """
+    if wanted > 0:
+        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        try:
+            if force is None:
+                raise PermissionError
+            sock.setsockopt(socket.SOL_SOCKET, force, wanted)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+    granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return granted
+
+
+def kernel_drops(inode: int) -> float:
+    """Datagrams the kernel dropped for the socket with this inode (Linux /proc/net/udp*)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 13 and fields[9] == str(inode):
+                return float(fields[-1])
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +95,11 @@ class SyslogUdpInput(Input):
         )
         self._transport = transport
         self.port = transport.get_extra_info("sockname")[1]
+        sock = transport.get_extra_info("socket")
+        granted = set_receive_buffer(sock, self.config.receive_buffer_bytes)
+        inode = os.fstat(sock.fileno()).st_ino
+        metrics.UDP_KERNEL_DROPS.labels(self.name).set_function(lambda: kernel_drops(inode))
+        log.info("syslog UDP receive buffer", extra={"bytes": granted})
         self._flusher = asyncio.create_task(self._flush_loop(), name="syslog-udp-flush")
         log.info("syslog UDP listening", extra={"host": self.config.host, "port": self.port})
 
