@@ -8,9 +8,15 @@ from pydantic import Field, field_validator
 
 from mesh.config import Section, ServiceConfig
 
+# Redaction first, always (DESIGN, safety model); hash_fields, geo_hints, site_environment,
+# add_tags and reverse_dns run only when configured.
 DEFAULT_PROCESSORS: list[dict[str, Any]] = [
+    {"type": "drop_fields"},
+    {"type": "mask_patterns"},
+    {"type": "safety_validator"},
     {"type": "timestamp_normalize"},
     {"type": "severity_map"},
+    {"type": "service_extraction"},
 ]
 
 

@@ -11,6 +11,7 @@ from pipeline_svc.config import PipelineSection
 from pipeline_svc.processors import Item, Outcome, Processor, create
 from pipeline_svc.processors.base import Quarantine, Rejection
 
+REDACTION = "redaction"
 # Stages that must never see unredacted events; redaction must come before any of them.
 AFTER_REDACTION_ONLY = frozenset({"llm"})
 
@@ -47,7 +48,7 @@ class Pipeline:
         check_order(processors)
         return cls(processors, {p.name: ProcessorTotals() for p in processors})
 
-    def run(self, events: list[event_pb2.Event]) -> BatchResult:
+    async def run(self, events: list[event_pb2.Event]) -> BatchResult:
         live = [Item(index, event) for index, event in enumerate(events)]
         rejected: list[Rejection] = []
         quarantined: list[Quarantine] = []
@@ -55,7 +56,7 @@ class Pipeline:
         for processor in self.processors:
             batch_totals = ProcessorTotals(processed=len(live))
             start = time.perf_counter()
-            outcome = processor.process(live)
+            outcome = await processor.process_async(live)
             batch_totals.seconds = time.perf_counter() - start
             batch_totals.modified = outcome.modified
             batch_totals.errors = len(outcome.rejected) + len(outcome.quarantined)
@@ -65,6 +66,10 @@ class Pipeline:
             per_processor.append((processor.name, batch_totals))
             self._accumulate(processor.name, batch_totals)
         return BatchResult([item.event for item in live], rejected, quarantined, per_processor)
+
+    async def close(self) -> None:
+        for processor in self.processors:
+            await processor.close()
 
     def _accumulate(self, name: str, batch: ProcessorTotals) -> None:
         total = self.totals[name]
@@ -82,12 +87,27 @@ def _without_removed(live: list[Item], outcome: Outcome) -> list[Item]:
 
 
 def check_order(processors: list[Processor]) -> None:
-    """Refuse a pipeline in which an LLM stage could see unredacted events."""
+    """Refuse a pipeline in which anything could see or copy unredacted events.
+
+    Redaction comes first, as one block: a redaction processor after an enrichment would
+    let that enrichment copy text (service names, resolved host names, tags) before it is
+    masked. An LLM stage needs redaction before it.
+    """
     redaction_seen = False
+    first_other: tuple[int, Processor] | None = None
     for position, processor in enumerate(processors):
-        if processor.stage == "redaction":
+        if processor.stage == REDACTION:
             redaction_seen = True
-        elif processor.stage in AFTER_REDACTION_ONLY and not redaction_seen:
+            if first_other is not None:
+                other_position, other = first_other
+                raise ConfigError(
+                    f"pipeline.processors.{position}: {processor.name!r} (redaction) must come "
+                    f"before {other.name!r} ({other.stage}) at pipeline.processors."
+                    f"{other_position}; redaction runs first"
+                )
+        elif first_other is None:
+            first_other = (position, processor)
+        if processor.stage in AFTER_REDACTION_ONLY and not redaction_seen:
             raise ConfigError(
                 f"pipeline.processors.{position}: {processor.name!r} ({processor.stage}) "
                 "must come after a redaction processor"

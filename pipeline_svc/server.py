@@ -47,7 +47,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
                 "batch.events",
                 f"{count} events exceed the limit of {self.max_batch_events}",
             )
-        result = self.pipeline.run(list(request.batch.events))
+        result = await self.pipeline.run(list(request.batch.events))
         self._count(count, result)
         return _response(result)
 
@@ -131,7 +131,7 @@ class PipelineApp:
         await self.runtime.set_serving(True)
 
     async def close(self) -> None:
-        return None
+        await self.pipeline.close()
 
 
 def build(config: PipelineServiceConfig) -> PipelineApp:

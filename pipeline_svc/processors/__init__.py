@@ -1,6 +1,16 @@
 """Pipeline processors; importing this package registers every built-in type."""
 
-from pipeline_svc.processors import severity, timestamp
+from pipeline_svc.processors import enrichment, redaction, severity, timestamp
 from pipeline_svc.processors.base import REGISTRY, Item, Outcome, Processor, create
 
-__all__ = ["REGISTRY", "Item", "Outcome", "Processor", "create", "severity", "timestamp"]
+__all__ = [
+    "REGISTRY",
+    "Item",
+    "Outcome",
+    "Processor",
+    "create",
+    "enrichment",
+    "redaction",
+    "severity",
+    "timestamp",
+]

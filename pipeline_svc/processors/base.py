@@ -65,6 +65,14 @@ class Processor(ABC):
     def process(self, items: list[Item]) -> Outcome:
         """Process the live events of a batch; rejected/quarantined ones leave the batch."""
 
+    async def process_async(self, items: list[Item]) -> Outcome:
+        """What the pipeline calls. Processors that wait on I/O (DNS, HTTP) override this;
+        CPU-only ones just implement ``process``."""
+        return self.process(items)
+
+    async def close(self) -> None:  # noqa: B027 - an optional hook, most processors hold nothing
+        """Release clients and caches when the service stops."""
+
     def describe(self) -> dict[str, str]:
         return {key: str(value) for key, value in self.settings.model_dump().items()}
 
@@ -87,7 +95,7 @@ def create(type_name: str, name: str, raw_settings: dict[str, Any], key: str) ->
         settings = cls.settings_model.model_validate(raw_settings)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = "".join(f".{part}" for part in first["loc"])
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigError(f"invalid configuration: {key}.{where}: {reason}") from None
+        raise ConfigError(f"invalid configuration: {key}{where}: {reason}") from None
     return cls(name, settings)

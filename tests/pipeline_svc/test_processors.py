@@ -16,11 +16,13 @@ UTC = dt.UTC
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def run(events: list[event_pb2.Event], processors: list[dict[str, object]] | None = None):  # type: ignore[no-untyped-def]
+async def run(  # type: ignore[no-untyped-def]
+    events: list[event_pb2.Event], processors: list[dict[str, object]] | None = None
+):
     section = PipelineSection.model_validate(
         {"processors": processors} if processors is not None else {}
     )
-    return Pipeline.from_config(section).run(events)
+    return await Pipeline.from_config(section).run(events)
 
 
 @pytest.mark.parametrize(
@@ -37,21 +39,21 @@ def run(events: list[event_pb2.Event], processors: list[dict[str, object]] | Non
         ("0", event_pb2.SEVERITY_EMERGENCY),
     ],
 )
-def test_severity_names_and_numbers_map_to_syslog(
+async def test_severity_names_and_numbers_map_to_syslog(
     value: str, expected: event_pb2.Severity.ValueType
 ) -> None:
-    result = run([event_pb2.Event(id="e", attributes={"level": value})])
+    result = await run([event_pb2.Event(id="e", attributes={"level": value})])
     assert result.events[0].severity == expected
 
 
-def test_severity_set_by_the_input_is_kept() -> None:
+async def test_severity_set_by_the_input_is_kept() -> None:
     event = event_pb2.Event(id="e", severity=event_pb2.SEVERITY_ERROR, attributes={"level": "info"})
-    assert run([event]).events[0].severity == event_pb2.SEVERITY_ERROR
+    assert (await run([event])).events[0].severity == event_pb2.SEVERITY_ERROR
 
 
-def test_unknown_severity_falls_back_to_the_default() -> None:
+async def test_unknown_severity_falls_back_to_the_default() -> None:
     event = event_pb2.Event(id="e", attributes={"level": "loud"})
-    assert run([event]).events[0].severity == event_pb2.SEVERITY_INFORMATIONAL
+    assert (await run([event])).events[0].severity == event_pb2.SEVERITY_INFORMATIONAL
 
 
 @pytest.mark.parametrize(
@@ -81,38 +83,38 @@ def test_unparseable_time_is_none() -> None:
     assert parse_time("Foo 31 23:59:59", UTC, NOW) is None
 
 
-def test_missing_times_are_filled_from_attribute_or_observed_time() -> None:
+async def test_missing_times_are_filled_from_attribute_or_observed_time() -> None:
     from_attribute = event_pb2.Event(id="a", attributes={"timestamp": "1767323045"})
     observed_only = event_pb2.Event(id="b")
     ns_to_ts(datetime_to_ns(NOW), observed_only.observed_time)
-    result = run([from_attribute, observed_only])
+    result = await run([from_attribute, observed_only])
     assert ts_to_ns(result.events[0].time) == datetime_to_ns(NOW)
     assert ts_to_ns(result.events[0].observed_time) > 0
     assert ts_to_ns(result.events[1].time) == datetime_to_ns(NOW)
 
 
-def test_future_and_ancient_times_are_flagged() -> None:
+async def test_future_and_ancient_times_are_flagged() -> None:
     future = event_pb2.Event(id="f")
     ns_to_ts(datetime_to_ns(dt.datetime.now(UTC) + dt.timedelta(hours=2)), future.time)
     ancient = event_pb2.Event(id="p")
     ns_to_ts(datetime_to_ns(dt.datetime(2001, 1, 1, tzinfo=UTC)), ancient.time)
     normal = event_pb2.Event(id="n")
     ns_to_ts(datetime_to_ns(dt.datetime.now(UTC)), normal.time)
-    result = run([future, ancient, normal])
+    result = await run([future, ancient, normal])
     assert [e.tags.get("time_flag", "") for e in result.events] == ["future", "past", ""]
 
 
-def test_processor_stats_count_what_each_did() -> None:
+async def test_processor_stats_count_what_each_did() -> None:
     events = [event_pb2.Event(id=str(i), attributes={"level": "warn"}) for i in range(3)]
     pipeline = Pipeline.from_config(PipelineSection())
-    pipeline.run(events)
+    await pipeline.run(events)
     assert pipeline.totals["severity_map"].processed == 3
     assert pipeline.totals["severity_map"].modified == 3
     assert pipeline.totals["timestamp_normalize"].modified == 3
 
 
-def test_disabled_processor_does_not_run() -> None:
-    result = run(
+async def test_disabled_processor_does_not_run() -> None:
+    result = await run(
         [event_pb2.Event(id="e", attributes={"level": "warn"})],
         [{"type": "timestamp_normalize"}, {"type": "severity_map", "enabled": False}],
     )
