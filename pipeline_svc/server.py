@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from gen.edgebot.v1 import event_pb2, pipeline_pb2, pipeline_pb2_grpc
 from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
+from mesh.config import ConfigError
 from mesh.errors import abort_invalid
 from mesh.types import Context
+from pipeline_svc import metrics
 from pipeline_svc.config import PipelineServiceConfig
 from pipeline_svc.pipeline import BatchResult, Pipeline, ProcessorTotals
 
+log = logging.getLogger(__name__)
+RETIRE_AFTER_S = 30.0
 SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 POLICY = AccessPolicy(
     methods={
@@ -52,6 +59,11 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         return _response(result)
 
     def _count(self, count: int, result: BatchResult) -> None:
+        for name, totals in result.per_processor:
+            metrics.PROCESSOR_SECONDS.labels(name).observe(totals.seconds)
+        metrics.EVENTS.labels("passed").inc(len(result.events))
+        metrics.EVENTS.labels("rejected").inc(len(result.rejected))
+        metrics.EVENTS.labels("quarantined").inc(len(result.quarantined))
         self.batches += 1
         self.events += count
         self.rejected += len(result.rejected)
@@ -117,6 +129,7 @@ class PipelineApp:
         self.config = config
         self.pipeline = Pipeline.from_config(config.pipeline)
         self.servicer = PipelineServicer(self.pipeline, config.pipeline.max_batch_events)
+        self._retired: set[asyncio.Future[None]] = set()
         self.runtime = ServiceRuntime(
             name="pipeline",
             config=config,
@@ -130,8 +143,32 @@ class PipelineApp:
     async def open(self) -> None:
         await self.runtime.set_serving(True)
 
+    async def reload(self, config: PipelineServiceConfig) -> None:
+        """Swap in a pipeline built from ``config``; a ConfigError leaves the running one."""
+        try:
+            fresh = Pipeline.from_config(config.pipeline)
+        except ConfigError:
+            metrics.RELOADS.labels("refused").inc()
+            raise
+        old, self.pipeline = self.pipeline, fresh
+        self.servicer.pipeline = fresh
+        self.servicer.max_batch_events = config.pipeline.max_batch_events
+        metrics.RELOADS.labels("applied").inc()
+        log.info("pipeline reloaded", extra={"processors": [p.name for p in fresh.processors]})
+        # Batches already inside the old pipeline finish with it before it is closed.
+        self._retired.add(asyncio.ensure_future(_close_later(old, RETIRE_AFTER_S)))
+
     async def close(self) -> None:
+        for task in self._retired:
+            task.cancel()
         await self.pipeline.close()
+
+
+async def _close_later(pipeline: Pipeline, delay_s: float) -> None:
+    try:
+        await asyncio.sleep(delay_s)
+    finally:
+        await pipeline.close()
 
 
 def build(config: PipelineServiceConfig) -> PipelineApp:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -103,3 +103,14 @@ async def eventually(predicate: Callable[[], bool], timeout_s: float = 5.0, what
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+async def eventually_async(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, what: str = ""
+) -> None:
+    """Wait until ``await predicate()`` is true, failing after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}")
+        await asyncio.sleep(0.05)

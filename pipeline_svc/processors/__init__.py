@@ -1,6 +1,6 @@
 """Pipeline processors; importing this package registers every built-in type."""
 
-from pipeline_svc.processors import enrichment, redaction, severity, timestamp
+from pipeline_svc.processors import enrichment, llm, redaction, severity, timestamp
 from pipeline_svc.processors.base import REGISTRY, Item, Outcome, Processor, create
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Processor",
     "create",
     "enrichment",
+    "llm",
     "redaction",
     "severity",
     "timestamp",

@@ -98,4 +98,8 @@ def create(type_name: str, name: str, raw_settings: dict[str, Any], key: str) ->
         where = "".join(f".{part}" for part in first["loc"])
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigError(f"invalid configuration: {key}{where}: {reason}") from None
-    return cls(name, settings)
+    try:
+        return cls(name, settings)
+    except ConfigError as exc:
+        # Processors name the offending setting; the key says which processor it is.
+        raise ConfigError(f"invalid configuration: {key}.{exc}") from None

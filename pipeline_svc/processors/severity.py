@@ -57,7 +57,7 @@ class SeverityMap(Processor):
         super().__init__(name, settings)
         default = level_from_text(self.settings.default)
         if default is None:
-            raise ConfigError(f"{name}.default: not a severity name: {self.settings.default!r}")
+            raise ConfigError(f"default: not a severity name: {self.settings.default!r}")
         self.default_severity = severity_of_level(default)
 
     def process(self, items: list[Item]) -> Outcome:

@@ -92,7 +92,12 @@ class DetectorSettings(Settings):
     )
     cache_max_chars: int = Field(80, ge=0, description="Longest value kept in that cache.")
     max_passes: int = Field(
-        3, ge=1, le=10, description="Masking passes while a pass still finds something."
+        32,
+        ge=1,
+        le=256,
+        description="Masking passes while a pass still finds something (a finding can hide "
+        "a glued neighbour until it is masked); what is left after them is quarantined by "
+        "the safety validator.",
     )
 
     @field_validator("detectors")
@@ -137,7 +142,7 @@ class Scanner:
         detectors: Sequence[Detector],
         cache_entries: int,
         cache_chars: int,
-        max_passes: int = 3,
+        max_passes: int = 32,
     ) -> None:
         self.detectors = tuple(detectors)
         self._max_passes = max_passes
