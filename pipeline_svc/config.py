@@ -17,6 +17,7 @@ DEFAULT_PROCESSORS: list[dict[str, Any]] = [
     {"type": "timestamp_normalize"},
     {"type": "severity_map"},
     {"type": "service_extraction"},
+    {"type": "quality_validation"},
 ]
 
 

@@ -1,6 +1,6 @@
 """Pipeline processors; importing this package registers every built-in type."""
 
-from pipeline_svc.processors import enrichment, llm, redaction, severity, timestamp
+from pipeline_svc.processors import enrichment, llm, quality, redaction, severity, timestamp
 from pipeline_svc.processors.base import REGISTRY, Item, Outcome, Processor, create
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "create",
     "enrichment",
     "llm",
+    "quality",
     "redaction",
     "severity",
     "timestamp",

@@ -84,7 +84,7 @@ async def test_llm_stage_before_redaction_is_refused(fake: FakeLlm) -> None:
 
 
 async def test_bad_llm_setting_names_the_key(fake: FakeLlm) -> None:
-    with pytest.raises(ConfigError, match=r"pipeline\.processors\.6\.min_severity"):
+    with pytest.raises(ConfigError, match=r"pipeline\.processors\.7\.min_severity"):
         pipeline_with(fake.url, min_severity="very")
 
 

@@ -225,4 +225,5 @@ def test_default_pipeline_order() -> None:
         "timestamp_normalize",
         "severity_map",
         "service_extraction",
+        "quality_validation",
     ]

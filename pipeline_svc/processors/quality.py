@@ -1,0 +1,74 @@
+"""QualityValidation: required fields, sizes and sane times; violations are per-event errors."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from gen.edgebot.v1 import event_pb2
+from mesh.timeutil import NS_PER_S, is_set, now_ns, ts_to_ns
+from pipeline_svc.processors.base import Item, Outcome, Processor, Rejection, Settings, register
+
+RequiredField = Literal["id", "time", "type", "host", "service", "message"]
+EPOCH_2000_NS = 946_684_800 * NS_PER_S
+DEFAULT_REQUIRED: tuple[RequiredField, ...] = ("id", "time")
+
+
+class QualitySettings(Settings):
+    required: list[RequiredField] = Field(
+        default_factory=lambda: list(DEFAULT_REQUIRED),
+        description="Fields every event must carry.",
+    )
+    max_message_bytes: int = Field(65_536, ge=1, description="Longest message (UTF-8).")
+    max_attributes: int = Field(256, ge=0, description="Most attributes per event.")
+    max_value_bytes: int = Field(8_192, ge=1, description="Longest attribute or tag value.")
+    earliest_ns: int = Field(
+        EPOCH_2000_NS, ge=0, description="Times before this (ns since epoch) are refused."
+    )
+    max_future_s: float = Field(
+        86_400.0, ge=0, description="Times later than now + this are refused."
+    )
+
+
+@register
+class QualityValidation(Processor):
+    type_name = "quality_validation"
+    stage = "validation"
+    settings_model = QualitySettings
+    settings: QualitySettings
+
+    def process(self, items: list[Item]) -> Outcome:
+        outcome = Outcome()
+        latest = now_ns() + int(self.settings.max_future_s * NS_PER_S)
+        for item in items:
+            problem = self._problem(item.event, latest)
+            if problem is not None:
+                field, reason = problem
+                outcome.rejected.append(Rejection(item.index, item.event, field, reason, self.name))
+        return outcome
+
+    def _problem(self, event: event_pb2.Event, latest_ns: int) -> tuple[str, str] | None:
+        for name in self.settings.required:
+            if name == "time" and not is_set(event.time):
+                return "time", "required"
+            if name != "time" and not getattr(event, name):
+                return name, "required"
+        if len(event.message.encode("utf-8", "surrogatepass")) > self.settings.max_message_bytes:
+            return "message", f"longer than {self.settings.max_message_bytes} bytes"
+        if len(event.attributes) > self.settings.max_attributes:
+            return "attributes", f"more than {self.settings.max_attributes} entries"
+        for map_name in ("attributes", "tags"):
+            for key, value in getattr(event, map_name).items():
+                if len(value.encode("utf-8", "surrogatepass")) > self.settings.max_value_bytes:
+                    return (
+                        f"{map_name}[{key}]",
+                        f"longer than {self.settings.max_value_bytes} bytes",
+                    )
+        if is_set(event.time):
+            when = ts_to_ns(event.time)
+            if when < self.settings.earliest_ns:
+                return "time", "earlier than the configured earliest time"
+            if when > latest_ns:
+                return "time", f"more than {self.settings.max_future_s:.0f}s in the future"
+        return None
