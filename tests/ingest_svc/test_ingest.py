@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from support import Pki, secure_channel
 
 from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
+from ingest_svc import build as build_ingest
 from mesh.app import App, running
 from mesh.ids import uuid7
 from mesh.timeutil import now_ns, ns_to_ts
@@ -277,3 +278,19 @@ async def test_lost_ack_then_resend_is_recognised_as_duplicate(
     assert ack.status == ingest_pb2.ACK_STATUS_OK
     assert ack.duplicates == 4
     assert sorted(await stored_ids(mothership.storage, pki)) == expected
+
+
+async def test_two_ingest_replicas_behave_like_one(
+    mothership: Mothership, pki: Pki, tmp_path: Path
+) -> None:
+    first = mothership.ingest
+    config = first.config.model_copy(deep=True)  # type: ignore[attr-defined]
+    config.server.port = 0
+    config.server.health_port = 0
+    batch = make_batch("site-a", [make_event(f"replicated {i}") for i in range(3)])
+    async with running(build_ingest(config)) as second:
+        for replica in (first, second, first):
+            async with secure_channel(replica.runtime.ports.grpc, pki.agent("site-a")) as ch:
+                stub = ingest_pb2_grpc.IngestServiceStub(ch)
+                await stub.Push(ingest_pb2.PushRequest(batch=batch))
+    assert sorted(await stored_ids(mothership.storage, pki)) == sorted(e.id for e in batch.events)
