@@ -7,6 +7,10 @@ import logging
 from edge_agent.config import AgentConfig
 from edge_agent.inputs.base import Input
 from edge_agent.inputs.file_tail import FileTailInput
+from edge_agent.inputs.http_poll import HttpPollInput
+from edge_agent.inputs.netflow import NetflowInput
+from edge_agent.inputs.nmea import NmeaInput
+from edge_agent.inputs.snmp import SnmpInput
 from edge_agent.inputs.syslog_tcp import SyslogTcpInput
 from edge_agent.inputs.syslog_udp import SyslogUdpInput
 from edge_agent.shipper import Shipper
@@ -63,6 +67,11 @@ def _inputs(config: AgentConfig, spool: Spool) -> list[Input]:
         if tcp.enabled:
             enabled.append(SyslogTcpInput(tcp, spool, agent_id, name))
     enabled.extend(FileTailInput(files, spool, agent_id) for files in inputs.files)
+    enabled.extend(SnmpInput(target, spool, agent_id) for target in inputs.snmp)
+    if inputs.netflow.enabled:
+        enabled.append(NetflowInput(inputs.netflow, spool, agent_id))
+    enabled.extend(NmeaInput(receiver, spool, agent_id) for receiver in inputs.nmea)
+    enabled.extend(HttpPollInput(api, spool, agent_id) for api in inputs.http)
     return enabled
 
 

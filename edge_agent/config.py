@@ -7,10 +7,17 @@ import re
 import socket
 import zoneinfo
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from edge_agent.config_polling import (
+    HttpInputConfig,
+    NetflowConfig,
+    NmeaInputConfig,
+    SnmpInputConfig,
+    unique_names,
+)
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 GIB = 1024**3
@@ -245,6 +252,18 @@ class InputsSection(Section):
         "keys as syslog_tcp; set tls.enabled and the files.",
     )
     files: list[FileInputConfig] = Field(default_factory=list, description="Log files to tail.")
+    snmp: list[SnmpInputConfig] = Field(
+        default_factory=list, description="SNMP targets polled (one input per target)."
+    )
+    netflow: NetflowConfig = Field(
+        default_factory=NetflowConfig, description="NetFlow v5/v9 and IPFIX collector (UDP)."
+    )
+    nmea: list[NmeaInputConfig] = Field(
+        default_factory=list, description="NMEA 0183 GPS receivers (serial, TCP or gpsd)."
+    )
+    http: list[HttpInputConfig] = Field(
+        default_factory=list, description="HTTP JSON APIs polled (e.g. weather)."
+    )
 
     @model_validator(mode="after")
     def _tls_listener_uses_tls(self) -> Self:
@@ -252,13 +271,18 @@ class InputsSection(Section):
             raise ValueError("syslog_tls.tls.enabled: must be true (use syslog_tcp for plain TCP)")
         return self
 
-    @field_validator("files")
+    @field_validator("files", "snmp", "nmea", "http")
     @classmethod
-    def _unique_names(cls, value: list[FileInputConfig]) -> list[FileInputConfig]:
-        names = [entry.name for entry in value]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"file input names must be unique: {', '.join(duplicates)}")
+    def _unique_names(
+        cls,
+        value: list[FileInputConfig]
+        | list[SnmpInputConfig]
+        | list[NmeaInputConfig]
+        | list[HttpInputConfig],
+        info: ValidationInfo,
+    ) -> Any:
+        kind = {"files": "file"}.get(str(info.field_name), str(info.field_name))
+        unique_names(kind, [entry.name for entry in value])
         return value
 
 

@@ -74,3 +74,41 @@ UDP_KERNEL_DROPS = Gauge(
     "Datagrams the kernel dropped because the input's receive buffer was full.",
     ["input"],
 )
+
+SNMP_POLLS = Counter(
+    "edgebot_snmp_polls_total",
+    "SNMP polls of a target, by outcome (ok, timeout, error).",
+    ["input", "outcome"],
+)
+SNMP_COUNTER_RESETS = Counter(
+    "edgebot_snmp_counter_resets_total",
+    "Counter samples that gave no rate or a wrapped one, by reason "
+    "(wrap, agent_restart, decreased).",
+    ["input", "reason"],
+)
+NETFLOW_SKIPPED = Counter(
+    "edgebot_netflow_skipped_total",
+    "NetFlow/IPFIX sets or records not turned into events, by reason (no_template, "
+    "options_data, record_limit, bad_template, reserved_set).",
+    ["reason"],
+)
+NETFLOW_TEMPLATES = Gauge(
+    "edgebot_netflow_templates", "v9/IPFIX templates currently known over all exporters."
+)
+NMEA_SENTENCES = Counter(
+    "edgebot_nmea_sentences_total",
+    "NMEA lines read, by outcome (ok, bad_checksum, no_checksum, malformed, unsupported, "
+    "invalid, oversize).",
+    ["input", "outcome"],
+)
+HTTP_POLLS = Counter(
+    "edgebot_http_polls_total",
+    "HTTP JSON polls, by outcome (ok, http_status, timeout, transport, oversize, "
+    "invalid_json, too_deep, token).",
+    ["input", "outcome"],
+)
+INPUT_RECORDS_SKIPPED = Counter(
+    "edgebot_input_records_skipped_total",
+    "Records an input read but did not turn into events, by reason (e.g. max_events).",
+    ["input", "reason"],
+)

@@ -69,7 +69,8 @@ class Shipper:
         self.draining = True
         self.spool.appended.set()
         try:
-            await asyncio.wait_for(self._drained(), grace_s)
+            async with asyncio.timeout(grace_s):
+                await self._drained()
         except TimeoutError:
             log.warning(
                 "shipper stopping with %d events still spooled (grace %.1fs)",
@@ -154,7 +155,8 @@ class _Session:
             hostname=self.shipper.hostname,
         )
         await call.write(ingest_pb2.StreamRequest(hello=hello))
-        response = await asyncio.wait_for(call.read(), self.settings.ingest.timeout_s)
+        async with asyncio.timeout(self.settings.ingest.timeout_s):
+            response = await call.read()
         if not isinstance(response, ingest_pb2.StreamResponse):
             raise StreamEndedError("ingest closed the stream before sending its limits")
         if response.WhichOneof("kind") != "limits":
@@ -220,7 +222,8 @@ class _Stream:
                     continue
                 timeout = (max_wait_ns - age_ns) / NS_PER_S
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.spool.appended.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self.spool.appended.wait()
 
     async def _send(self, batch: SpooledBatch, retry_reason: str | None) -> None:
         self.in_flight[batch.batch_id] = batch

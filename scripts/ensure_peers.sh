@@ -14,11 +14,16 @@ PEERS=(
     "npm:npm"
     "docker-compose:docker-compose"
     "rsyslogd:rsyslog"
+    "snmpd:snmpd"
+    "softflowd:softflowd"
+    "gpsfake:gpsd-clients"
+    "gpsd:gpsd"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.
 found() {
-    command -v "$1" >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
+        compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
 }
 
 missing=()

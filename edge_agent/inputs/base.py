@@ -107,5 +107,7 @@ async def _wait(event: asyncio.Event | None, timeout_s: float) -> None:
     if event is None:
         await asyncio.sleep(timeout_s)
         return
+    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(event.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await event.wait()

@@ -128,7 +128,8 @@ class SyslogUdpInput(Input):
         while True:
             await self._has_data.wait()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.config.flush_interval_s)
+                async with asyncio.timeout(self.config.flush_interval_s):
+                    await self._full.wait()
             await self._flush()
 
     async def _flush(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import Pki
 
 from edge_agent import AgentApp, AgentConfig, build
+from edge_agent.inputs.netflow import NetflowInput
 from mesh.app import running
 from mesh.config import ConfigError, load_config
 from mesh.tls import channel_credentials
@@ -79,3 +81,44 @@ def test_config_defaults_and_errors(tmp_path: Path) -> None:
     bad.write_text("shipper:\n  ingest:\n    addresses: []\n")
     with pytest.raises(ConfigError, match=r"shipper\.ingest: .*at least one ingest address"):
         load_config(AgentConfig, bad, "agent", environ={})
+
+
+async def test_polling_and_device_inputs_are_wired(pki: Pki, tmp_path: Path) -> None:
+    double = IngestDouble(limits(), ok)
+    server = await IngestServer(pki, double).start()
+    config = agent_config(
+        pki,
+        tmp_path,
+        [server.address],
+        inputs={
+            "syslog_udp": {"enabled": False},
+            "netflow": {"enabled": True, "host": "127.0.0.1", "port": 0},
+            "snmp": [{"name": "r1", "host": "127.0.0.1", "get": [{"oid": "1.3.6.1.2.1.1.3.0"}]}],
+            "nmea": [{"name": "boat", "source": "tcp://127.0.0.1:9"}],
+            "http": [{"name": "weather", "url": "http://127.0.0.1:9/x", "interval_s": 600}],
+        },
+    )
+    v5 = struct.pack("!HHIIIIBBH", 5, 1, 1000, 1_700_000_000, 0, 1, 0, 0, 0)
+    v5 += struct.pack(
+        "!4s4s4sHHIIIIHHBBBBHHBBH",
+        bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes(4), 0, 0, 2, 120, 900, 990,
+        5000, 53, 0, 0, 17, 0, 0, 0, 0, 0, 0,
+    )  # fmt: skip
+    try:
+        async with running(build(config)) as app:
+            assert isinstance(app, AgentApp)
+            names = [source.name for source in app.inputs]
+            assert names == ["snmp:r1", "netflow", "nmea:boat", "http:weather"]
+            netflow = app.inputs[1]
+            assert isinstance(netflow, NetflowInput)
+            transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+                asyncio.DatagramProtocol, remote_addr=("127.0.0.1", netflow.port)
+            )
+            transport.sendto(v5)
+            transport.close()
+            await eventually(lambda: len(double.store.counts) == 1, what="the flow at ingest")
+        (flow,) = [e for b in double.batches for e in b.events]
+        assert flow.source == "site-a/netflow"
+        assert flow.message == "udp 10.0.0.1:5000 -> 10.0.0.2:53 2 packets 120 bytes"
+    finally:
+        await server.stop()

@@ -168,7 +168,7 @@ async def test_rotation_while_writing_and_a_restart_keeps_every_line_once(
     writer.file.close()
     assert (rotations, restarts) == (BLOCKS // ROTATE_EVERY - 1, 1)
 
-    events = await collector.until(writer.next, within=20)
+    events = await collector.until(writer.next, within=60)
     counts = numbers(events)
     assert sorted(counts) == list(range(writer.next))
     assert set(counts.values()) == {1}, [n for n, c in counts.items() if c > 1][:10]
@@ -178,7 +178,8 @@ async def test_rotation_while_writing_and_a_restart_keeps_every_line_once(
         assert rotations_seen("truncate") - truncate_before == rotations
     elif pattern == "app.log*":
         # The renamed file stayed matched under its new name and was read on as the same file.
-        assert rotations_seen("rename") - rename_before == rotations
+        # A restart right after a rename may notice that rename once more.
+        assert rotations_seen("rename") - rename_before >= rotations
 
 
 def rotations_seen(kind: str) -> float:
