@@ -1,4 +1,4 @@
-"""The storage service: the primary sink (embedded SQLite) and the read path."""
+"""The storage service: the primary sink (embedded SQLite or PostgreSQL) and the read path."""
 
 from storage_svc.config import StorageServiceConfig
 from storage_svc.server import StorageApp, build

@@ -11,10 +11,10 @@ from mesh.config import Section, ServiceConfig
 
 
 class StorageSection(Section):
-    primary: Literal["sqlite"] = Field(
+    primary: Literal["sqlite", "postgres"] = Field(
         "sqlite",
         description="The primary sink: the ack to the edge means this sink committed. "
-        "Only the embedded 'sqlite' exists so far.",
+        "'sqlite' (embedded, the default) or 'postgres' (the postgres section).",
     )
 
 
@@ -34,6 +34,59 @@ class SqliteSection(Section):
         description="SQLite synchronous mode. FULL syncs the WAL on every commit, so an "
         "acknowledged batch survives a power loss; NORMAL survives only a process crash.",
     )
+
+
+class PostgresSection(Section):
+    dsn: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/edgebot",
+        description="libpq connection URI of the database. A password in it is never logged; "
+        "prefer a password file (PGPASSFILE) or EDGEBOT_STORAGE_POSTGRES__DSN.",
+    )
+    schema_name: str = Field(
+        "public",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Schema that holds EdgeBot's tables (created if missing); several "
+        "EdgeBot installations can share one database in different schemas.",
+    )
+    pool_min_size: int = Field(1, ge=0, description="Connections kept open in the pool.")
+    pool_max_size: int = Field(8, ge=1, description="Most connections the pool opens.")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, description="How long opening one connection may take."
+    )
+    command_timeout_s: float = Field(
+        30.0, gt=0, description="Client-side limit on one statement; the write then fails."
+    )
+    statement_timeout_ms: int = Field(
+        30_000, ge=0, description="Server-side statement_timeout of every session (0: none)."
+    )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="Drop whole day partitions (TimescaleDB: chunks) older than this many "
+        "days; null keeps everything.",
+    )
+    partitions_ahead_days: int = Field(
+        2, ge=0, description="Day partitions created ahead of today (and yesterday's)."
+    )
+    maintenance_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often partitions ahead are created and retention is applied.",
+    )
+    tail_poll_interval_s: float = Field(
+        0.5,
+        gt=0,
+        description="How often TailEvents looks for events written through other replicas "
+        "when no notification woke it sooner.",
+    )
+
+    @field_validator("pool_max_size")
+    @classmethod
+    def _at_least_min(cls, value: int, info: ValidationInfo) -> int:
+        smallest = info.data.get("pool_min_size")
+        if smallest is not None and value < smallest:
+            raise ValueError(f"must not be below postgres.pool_min_size ({smallest})")
+        return value
 
 
 class QuerySection(Section):
@@ -77,5 +130,6 @@ class TailSection(Section):
 class StorageServiceConfig(ServiceConfig):
     storage: StorageSection = Field(default_factory=StorageSection)
     sqlite: SqliteSection = Field(default_factory=SqliteSection)
+    postgres: PostgresSection = Field(default_factory=PostgresSection)
     query: QuerySection = Field(default_factory=QuerySection)
     tail: TailSection = Field(default_factory=TailSection)

@@ -40,6 +40,7 @@ from storage_svc.sinks.base import (
     StoreTotals,
     WriteOutcome,
 )
+from storage_svc.sinks.postgres import PostgresSink
 from storage_svc.sinks.sqlite import SqliteSink
 from storage_svc.tail import (
     SubscriberOverflow,
@@ -277,6 +278,10 @@ def _stats_response(
 def primary_sink(config: StorageServiceConfig, hub: TailHub) -> PrimarySink:
     if config.storage.primary == "sqlite":
         return SqliteSink(config.sqlite, on_commit=hub.publish)
+    if config.storage.primary == "postgres":
+        return PostgresSink(
+            config.postgres, on_commit=hub.publish, listening=lambda: hub.subscriber_count > 0
+        )
     raise SinkOpenError(f"storage.primary: unknown sink {config.storage.primary!r}")
 
 

@@ -141,14 +141,16 @@ async def follow(
     """Events after ``after_seq`` (or from now), stored ones first, then live ones.
 
     Subscribing before reading the store, and skipping live events the store already gave,
-    leaves neither gaps nor repeats at the switch.
+    leaves neither gaps nor repeats at the switch. "Now" is the newest seq read before
+    subscribing: what commits between that read and the subscription comes from the store.
     """
+    if after_seq is None:
+        after_seq = await store.last_seq()
     with hub.subscribe(selection, buffer) as live:
-        last = after_seq if after_seq is not None else await store.last_seq()
-        if after_seq is not None:
-            async for stored in _replay(store, live, selection, last, page):
-                last = stored[-1].seq
-                yield stored
+        last = after_seq
+        async for stored in _replay(store, live, selection, last, page):
+            last = stored[-1].seq
+            yield stored
         while True:
             try:
                 taken = await live.take(page)

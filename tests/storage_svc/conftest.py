@@ -1,4 +1,5 @@
-"""A storage service on free ports with mTLS, over a SQLite file in the test's tmp_path."""
+"""A storage service on free ports with mTLS, over SQLite in the test's tmp_path or over a
+fresh database on the suite's own PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from storage_helpers import StorageClients, start_storage
+from pg_server import PgSchema, PgServer, pg_server
+from storage_helpers import StorageClients, Store, start_storage
 from support import Pki
 
 from storage_svc import StorageApp
+
+__all__ = ["pg_server"]
 
 
 @pytest.fixture
@@ -18,8 +22,24 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def storage(pki: Pki, db_path: Path) -> AsyncIterator[StorageApp]:
-    async with start_storage(pki, db_path) as app:
+def pg_schema(pg_server: PgServer) -> PgSchema:
+    """A new, empty schema on the suite's PostgreSQL server."""
+    return pg_server.fresh_schema()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> Store:
+    """Each backend in turn; a test pins one with parametrize("store", [...], indirect=True)."""
+    if request.param == "sqlite":
+        path: Path = request.getfixturevalue("db_path")
+        return path
+    schema: PgSchema = request.getfixturevalue("pg_schema")
+    return schema
+
+
+@pytest.fixture
+async def storage(pki: Pki, store: Store) -> AsyncIterator[StorageApp]:
+    async with start_storage(pki, store) as app:
         yield app
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from pg_server import PgSchema
 from support import Pki, make_config, secure_channel
 
 from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
@@ -22,14 +25,41 @@ BASE_NS = 1_700_000_000 * NS_PER_S
 _batch_numbers = itertools.count(1)
 
 
-def storage_config(pki: Pki, db_path: Path, **sections: Any) -> StorageServiceConfig:
-    sqlite = {"path": str(db_path), "busy_timeout_ms": 100, **sections.pop("sqlite", {})}
-    return make_config(StorageServiceConfig, pki, "storage", sqlite=sqlite, **sections)
+Store = Path | PgSchema
+"""Where a test's events live: a SQLite file, or a schema in a PostgreSQL database."""
+
+
+def sink_kind(store: Store) -> str:
+    return "sqlite" if isinstance(store, Path) else "postgres"
+
+
+def storage_config(pki: Pki, store: Store, **sections: Any) -> StorageServiceConfig:
+    if isinstance(store, Path):
+        sqlite = {"path": str(store), "busy_timeout_ms": 100, **sections.pop("sqlite", {})}
+        return make_config(StorageServiceConfig, pki, "storage", sqlite=sqlite, **sections)
+    postgres = {
+        "dsn": store.dsn,
+        "schema_name": store.schema,
+        "pool_min_size": 1,
+        "pool_max_size": 4,
+        "connect_timeout_s": 2,
+        "command_timeout_s": 5,
+        "tail_poll_interval_s": 0.1,
+        **sections.pop("postgres", {}),
+    }
+    return make_config(
+        StorageServiceConfig,
+        pki,
+        "storage",
+        storage={"primary": "postgres"},
+        postgres=postgres,
+        **sections,
+    )
 
 
 @contextlib.asynccontextmanager
-async def start_storage(pki: Pki, db_path: Path, **sections: Any) -> AsyncIterator[StorageApp]:
-    app = build(storage_config(pki, db_path, **sections))
+async def start_storage(pki: Pki, store: Store, **sections: Any) -> AsyncIterator[StorageApp]:
+    app = build(storage_config(pki, store, **sections))
     async with running(app):
         yield app
 
@@ -115,3 +145,33 @@ async def query_all(
         if not page.next_page_token:
             return found
         request.page_token = page.next_page_token
+
+
+TailCall = Any  # grpc.aio.UnaryStreamCall has no useful type parameters in the stubs
+
+
+async def subscribed(
+    app: StorageApp, stub: storage_pb2_grpc.StorageServiceAsyncStub, **request: Any
+) -> TailCall:
+    """Open a tail and wait until the server registered it (so "now" has passed)."""
+    before = app.hub.subscriber_count
+    call = stub.TailEvents(storage_pb2.TailEventsRequest(**request))
+    deadline = time.monotonic() + 5
+    while app.hub.subscriber_count == before:
+        assert time.monotonic() < deadline, "tail never subscribed"
+        await asyncio.sleep(0.005)
+    return call
+
+
+async def receive(call: TailCall, count: int) -> tuple[list[event_pb2.Event], str]:
+    """Read responses until ``count`` events arrived; the events and the last cursor."""
+    found: list[event_pb2.Event] = []
+    cursor = ""
+    async with asyncio.timeout(5):
+        while len(found) < count:
+            response = await call.read()
+            assert response is not grpc.aio.EOF
+            assert response.events
+            found.extend(response.events)
+            cursor = response.cursor
+    return found, cursor

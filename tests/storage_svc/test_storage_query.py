@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -11,6 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from storage_helpers import (
     BASE_NS,
     StorageClients,
+    Store,
     event,
     events,
     ids,
@@ -173,10 +173,10 @@ async def test_newest_first_paging_ignores_events_written_meanwhile(
     assert ids([*first.events, *rest]) == ids(events(range(250)))[::-1]
 
 
-async def test_page_size_is_capped_and_defaults(pki: Pki, db_path: Path) -> None:
+async def test_page_size_is_capped_and_defaults(pki: Pki, store: Store) -> None:
     query = {"max_page_size": 20, "default_page_size": 10}
     async with (
-        start_storage(pki, db_path, query=query) as app,
+        start_storage(pki, store, query=query) as app,
         StorageClients.connect(pki, app) as clients,
     ):
         await clients.service.Write(write_request(events(range(30))))
@@ -292,9 +292,9 @@ async def test_aggregate_refuses_a_negative_bucket(clients: StorageClients) -> N
     assert (caught.value.details() or "").startswith("bucket: ")
 
 
-async def test_a_page_ends_early_at_its_byte_limit(pki: Pki, db_path: Path) -> None:
+async def test_a_page_ends_early_at_its_byte_limit(pki: Pki, store: Store) -> None:
     async with (
-        start_storage(pki, db_path, query={"max_page_bytes": 1024}) as app,
+        start_storage(pki, store, query={"max_page_bytes": 1024}) as app,
         StorageClients.connect(pki, app) as clients,
     ):
         written = events(range(5), message="y" * 400)

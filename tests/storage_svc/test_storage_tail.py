@@ -5,45 +5,24 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from storage_helpers import StorageClients, events, ids, start_storage, write_request
+from storage_helpers import (
+    StorageClients,
+    Store,
+    TailCall,
+    events,
+    ids,
+    receive,
+    start_storage,
+    subscribed,
+    write_request,
+)
 from support import Pki
 
-from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
+from gen.edgebot.v1 import event_pb2, storage_pb2
 from storage_svc import StorageApp
-
-TailCall = Any  # grpc.aio.UnaryStreamCall has no useful type parameters in the stubs
-
-
-async def subscribed(
-    app: StorageApp, stub: storage_pb2_grpc.StorageServiceAsyncStub, **request: Any
-) -> TailCall:
-    """Open a tail and wait until the server registered it (so "now" has passed)."""
-    before = app.hub.subscriber_count
-    call = stub.TailEvents(storage_pb2.TailEventsRequest(**request))
-    deadline = time.monotonic() + 5
-    while app.hub.subscriber_count == before:
-        assert time.monotonic() < deadline, "tail never subscribed"
-        await asyncio.sleep(0.005)
-    return call
-
-
-async def receive(call: TailCall, count: int) -> tuple[list[event_pb2.Event], str]:
-    """Read responses until ``count`` events arrived; the events and the last cursor."""
-    found: list[event_pb2.Event] = []
-    cursor = ""
-    async with asyncio.timeout(5):
-        while len(found) < count:
-            response = await call.read()
-            assert response is not grpc.aio.EOF
-            assert response.events
-            found.extend(response.events)
-            cursor = response.cursor
-    return found, cursor
 
 
 async def test_live_events_arrive(storage: StorageApp, clients: StorageClients) -> None:
@@ -98,11 +77,11 @@ async def test_resume_replays_missed_events_then_goes_live(
 
 
 async def test_resume_during_concurrent_writes_has_no_gaps_or_repeats(
-    pki: Pki, db_path: Path
+    pki: Pki, store: Store
 ) -> None:
     tail = {"max_events_per_response": 7}
     async with (
-        start_storage(pki, db_path, tail=tail) as app,
+        start_storage(pki, store, tail=tail) as app,
         StorageClients.connect(pki, app) as clients,
     ):
         first = await subscribed(app, clients.operator)
@@ -125,10 +104,10 @@ async def test_resume_during_concurrent_writes_has_no_gaps_or_repeats(
     assert ids(found) == ids(events(range(5, 300)))
 
 
-async def test_a_slow_subscriber_is_cut_off_and_writes_go_on(pki: Pki, db_path: Path) -> None:
+async def test_a_slow_subscriber_is_cut_off_and_writes_go_on(pki: Pki, store: Store) -> None:
     big = "x" * 32_000
     async with (
-        start_storage(pki, db_path, tail={"subscriber_buffer": 5}) as app,
+        start_storage(pki, store, tail={"subscriber_buffer": 5}) as app,
         StorageClients.connect(pki, app) as clients,
     ):
         slow = await subscribed(app, clients.operator)
@@ -174,9 +153,9 @@ async def test_a_bad_cursor_is_invalid(clients: StorageClients) -> None:
     assert (caught.value.details() or "").startswith("start_cursor: ")
 
 
-async def test_shutdown_ends_open_tails_at_once_with_a_cursor(pki: Pki, tmp_path: Path) -> None:
+async def test_shutdown_ends_open_tails_at_once_with_a_cursor(pki: Pki, store: Store) -> None:
     # A long grace period: the tail must end because storage tells it to, not by timeout.
-    async with start_storage(pki, tmp_path / "events.db", server={"grace_period_s": 30}) as app:
+    async with start_storage(pki, store, server={"grace_period_s": 30}) as app:
         async with StorageClients.connect(pki, app) as clients:
             call = await subscribed(app, clients.operator)
             await clients.service.Write(write_request(events(range(2))))

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from storage_helpers import StorageClients, event, events, ids, start_storage, write_request
+from storage_helpers import (
+    StorageClients,
+    Store,
+    event,
+    events,
+    ids,
+    sink_kind,
+    start_storage,
+    write_request,
+)
 from support import Pki
 
 from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
@@ -40,13 +49,15 @@ async def query_all_ids(stub: storage_pb2_grpc.StorageServiceAsyncStub) -> list[
     return ids(page.events)
 
 
-async def test_written_events_come_back_with_every_field(clients: StorageClients) -> None:
+async def test_written_events_come_back_with_every_field(
+    clients: StorageClients, store: Store
+) -> None:
     stored = [full_event(), event(2), event(3, raw=b"", severity=event_pb2.SEVERITY_UNSPECIFIED)]
     answer = await clients.service.Write(write_request(stored))
 
     assert (answer.duplicate_batch, answer.written, answer.duplicates) == (False, 3, 0)
     [result] = answer.sink_results
-    assert (result.sink, result.primary, result.status) == ("sqlite", True, 1)
+    assert (result.sink, result.primary, result.status) == (sink_kind(store), True, 1)
     assert result.status == event_pb2.SINK_STATUS_OK
     assert result.written == 3
     page = await clients.service.QueryEvents(OLDEST_FIRST)
@@ -96,6 +107,7 @@ async def test_empty_batch_id_is_invalid_and_names_the_field(clients: StorageCli
     assert await query_all_ids(clients.service) == []
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 async def test_dead_letters_and_quarantined_events_are_kept(
     clients: StorageClients, db_path: Path
 ) -> None:
@@ -126,15 +138,16 @@ async def test_dead_letters_and_quarantined_events_are_kept(
     assert event_pb2.Event.FromString(kept) == held.event
 
 
-async def test_data_survives_closing_and_reopening(pki: Pki, db_path: Path) -> None:
+async def test_data_survives_closing_and_reopening(pki: Pki, store: Store) -> None:
     request = write_request(events(range(20)))
     for attempt in range(2):
-        async with start_storage(pki, db_path) as app, StorageClients.connect(pki, app) as c:
+        async with start_storage(pki, store) as app, StorageClients.connect(pki, app) as c:
             answer = await c.service.Write(request)
             assert answer.duplicate_batch is bool(attempt)
             assert await query_all_ids(c.service) == ids(events(range(20)))
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 async def test_a_locked_database_answers_unavailable_and_keeps_nothing(
     clients: StorageClients, db_path: Path
 ) -> None:
@@ -159,6 +172,7 @@ async def test_a_locked_database_answers_unavailable_and_keeps_nothing(
     assert (retried.duplicate_batch, retried.written) == (False, 3)
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 async def test_a_failure_mid_batch_rolls_back_the_ledger_too(
     clients: StorageClients, db_path: Path
 ) -> None:
@@ -181,7 +195,7 @@ async def test_a_failure_mid_batch_rolls_back_the_ledger_too(
     assert (retried.duplicate_batch, retried.written) == (False, 4)
 
 
-async def test_stats_report_the_sqlite_sink(clients: StorageClients) -> None:
+async def test_stats_report_the_primary_sink(clients: StorageClients, store: Store) -> None:
     await clients.service.Write(write_request([event(1), event(2)]))
     fresh = event(3)
     fresh.time.GetCurrentTime()
@@ -190,5 +204,5 @@ async def test_stats_report_the_sqlite_sink(clients: StorageClients) -> None:
     stats = await clients.operator.GetStats(storage_pb2.StorageServiceGetStatsRequest())
     assert (stats.total_inserts, stats.events_last_hour, stats.batches) == (3, 1, 2)
     [sink] = stats.sinks
-    assert (sink.name, sink.kind, sink.primary) == ("sqlite", "sqlite", True)
+    assert (sink.name, sink.kind, sink.primary) == (sink_kind(store), sink_kind(store), True)
     assert (sink.health, sink.written, sink.failed) == (storage_pb2.SINK_HEALTH_UP, 3, 0)

@@ -1,0 +1,453 @@
+"""The PostgreSQL primary sink: an asyncpg pool, binary COPY, a batch ledger.
+
+One transaction per batch: claim the batch_id in the ledger (a batch seen before is a
+duplicate and writes nothing), claim the event ids in ``event_ids`` (ids stored before are
+skipped), then COPY the new events, dead letters and quarantined events. Concurrent writers
+of one batch_id or one event id wait on the primary key and then find it taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import asyncpg  # no stubs or py.typed (asyncpg 0.32)
+
+from mesh.timeutil import NS_PER_S, now_ns
+from storage_svc.config import PostgresSection
+from storage_svc.query import (
+    BucketCount,
+    EventFilter,
+    GroupBy,
+    PagePosition,
+    PageRequest,
+    SortOrder,
+)
+from storage_svc.sinks.base import (
+    BatchWrite,
+    CommitListener,
+    Health,
+    QueryPage,
+    SinkError,
+    SinkOpenError,
+    SinkState,
+    SinkWriteError,
+    StoredEvent,
+    StoreTotals,
+    WriteOutcome,
+)
+from storage_svc.sinks.postgres_feed import CommitFeed, notify_channel
+from storage_svc.sinks.postgres_rows import (
+    DEAD_LETTER_COLUMNS,
+    EVENT_COLUMNS,
+    GROUP_COLUMNS,
+    QUARANTINE_COLUMNS,
+    RECORD_ID,
+    RECORD_TS,
+    SELECT_EVENT,
+    Conditions,
+    Record,
+    dead_letter_records,
+    event_record,
+    ns_to_timestamptz,
+    quarantine_records,
+    stored_event,
+    where,
+)
+from storage_svc.sinks.postgres_schema import (
+    DAY,
+    SCHEMA_VERSION,
+    SEQ_LOCK,
+    Partitioning,
+    create_partitions,
+    drop_chunks_before,
+    drop_partitions_before,
+    migrate,
+    partitioning,
+)
+
+log = logging.getLogger(__name__)
+HOUR_NS = 3600 * NS_PER_S
+# InternalClientError: asyncpg's state after the server vanished mid-COPY, for one.
+DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+CLAIM_BATCH = (
+    "INSERT INTO batches (batch_id, agent_id, seq, event_count, written, duplicates) "
+    "VALUES ($1, $2, $3, $4, $4, 0) ON CONFLICT DO NOTHING RETURNING true"
+)
+CLAIM_EVENT_IDS = (
+    "INSERT INTO event_ids (event_id, ts) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
+# Held from numbering until commit, so commits become visible in seq order (the tail
+# cursor relies on it); taken last, after every row lock, so it cannot deadlock.
+RESERVE_SEQS = (
+    "WITH locked AS (SELECT pg_advisory_xact_lock($1)), "
+    "reserved AS (SELECT setval('event_sequence', nextval('event_sequence') + $2 - 1) AS last "
+    "FROM locked) "
+    "SELECT last, pg_notify($3, last::text) FROM reserved"
+)
+ID_COLUMNS = ("event_id", "ts")
+UPDATE_LEDGER = "UPDATE batches SET written = $1, duplicates = $2 WHERE batch_id = $3"
+TOTALS = """SELECT
+    (SELECT COALESCE(SUM(written), 0) FROM batches),
+    (SELECT COUNT(*) FROM events WHERE ts >= $1 AND ts_ns >= $2),
+    (SELECT COALESCE(SUM(duplicates), 0) FROM batches),
+    (SELECT COUNT(*) FROM batches),
+    (SELECT COUNT(*) FROM dead_letters),
+    (SELECT COUNT(*) FROM quarantine)"""
+
+
+def dsn_secrets(dsn: str) -> list[str]:
+    """The passwords a DSN holds, in its user info or as a ?password= parameter."""
+    parts = urlsplit(dsn)
+    found = [parts.password] if parts.password else []
+    found += [value for key, value in parse_qsl(parts.query) if key == "password" and value]
+    return found
+
+
+def redacted(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
+
+class PostgresSink:
+    name = "postgres"
+    kind = "postgres"
+    primary = True
+
+    def __init__(
+        self,
+        config: PostgresSection,
+        on_commit: CommitListener,
+        listening: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self._secrets = dsn_secrets(config.dsn)
+        self.where = redacted(config.dsn, self._secrets)
+        self._pool: asyncpg.Pool | None = None
+        self._channel = notify_channel(config.schema_name)
+        self._feed = CommitFeed(
+            self._channel,
+            self._connect,
+            self.events_after,
+            self.last_seq,
+            on_commit,
+            listening,
+            config.tail_poll_interval_s,
+        )
+        self._partitioning = Partitioning.NATIVE
+        self._days: set[dt.date] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._health = Health.DOWN
+        self._written = 0
+        self._failed = 0
+        self._last_error = ""
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self.config.dsn, timeout=self.config.connect_timeout_s, **self._session()
+        )
+        return conn
+
+    def _session(self) -> dict[str, Any]:
+        return {
+            "command_timeout": self.config.command_timeout_s,
+            "server_settings": {
+                "application_name": "edgebot-storage",
+                # public last: where extensions such as timescaledb put their functions.
+                "search_path": f"{self.config.schema_name}, public",
+                "statement_timeout": str(self.config.statement_timeout_ms),
+                "timezone": "UTC",
+            },
+        }
+
+    async def open(self) -> None:
+        try:
+            pool = await asyncpg.create_pool(
+                self.config.dsn,
+                min_size=self.config.pool_min_size,
+                max_size=self.config.pool_max_size,
+                timeout=self.config.connect_timeout_s,
+                **self._session(),
+            )
+        except (*DB_ERRORS, ValueError) as exc:
+            self._last_error = redacted(f"{type(exc).__name__}: {exc}", self._secrets)
+            # Not chained: the original message may quote the DSN with its password.
+            raise SinkOpenError(
+                f"cannot connect to PostgreSQL at {self.where}: {self._last_error}"
+            ) from None
+        try:
+            found, cursor = await self._prepare(pool)
+        except (*DB_ERRORS, RuntimeError) as exc:
+            await pool.close()
+            self._last_error = redacted(f"{type(exc).__name__}: {exc}", self._secrets)
+            raise SinkOpenError(
+                f"cannot prepare PostgreSQL database {self.where}: {self._last_error}"
+            ) from exc
+        self._pool = pool
+        self._feed.start(cursor)
+        self._maintenance = asyncio.create_task(self._maintain_forever(), name="pg-maintenance")
+        self._health = Health.UP
+        log.info(
+            "postgres sink open",
+            extra={
+                "database": self.where,
+                "partitioning": self._partitioning.value,
+                "schema_from": found,
+                "schema": SCHEMA_VERSION,
+            },
+        )
+
+    async def _prepare(self, pool: asyncpg.Pool) -> tuple[int, int]:
+        """Migrate, create the partitions ahead; the schema version found and newest seq."""
+        async with pool.acquire() as conn:
+            found = await migrate(conn, self.config.schema_name)
+            self._partitioning = await partitioning(conn)
+            await self._create_ahead(conn, utc_today())
+            cursor: int = await conn.fetchval("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return found, cursor
+
+    async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+            self._maintenance = None
+        await self._feed.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+        self._health = Health.DOWN
+
+    def state(self) -> SinkState:
+        return SinkState(
+            name=self.name,
+            kind=self.kind,
+            primary=self.primary,
+            health=self._health,
+            written=self._written,
+            failed=self._failed,
+            last_error=self._last_error,
+        )
+
+    async def write(self, batch: BatchWrite) -> WriteOutcome:
+        # Shielded: a caller that goes away must not cut a transaction off mid-commit.
+        return await asyncio.shield(self._write(batch))
+
+    async def _write(self, batch: BatchWrite) -> WriteOutcome:
+        started = time.perf_counter()
+        pool = self._open_pool()
+        # Built before taking a connection, so that this CPU work overlaps the COPY of
+        # batches written at the same time.
+        records = [event_record(event, batch.batch_id) for event in batch.events]
+        try:
+            await self._ensure_partitions(pool, records)
+            async with pool.acquire() as conn:
+                stored = await self._transaction(conn, batch, records)
+        except DB_ERRORS as exc:
+            raise self._write_failed(batch, exc) from exc
+        seconds = time.perf_counter() - started
+        self._health = Health.UP
+        if stored is None:
+            return WriteOutcome(True, 0, len(batch.events), seconds)
+        written, last_seq = stored
+        self._written += written
+        if written:
+            self._feed.committed(last_seq)
+        return WriteOutcome(False, written, len(batch.events) - written, seconds)
+
+    async def _transaction(
+        self, conn: asyncpg.Connection, batch: BatchWrite, records: list[Record]
+    ) -> tuple[int, int] | None:
+        """How many events the batch added and the last seq it used (0 when none), or None
+        when its batch_id is in the ledger."""
+        async with conn.transaction():
+            ledger = (batch.batch_id, batch.agent_id, batch.seq, len(batch.events))
+            if await conn.fetchval(CLAIM_BATCH, *ledger) is None:
+                return None
+            fresh = await _claim_new_events(conn, records)
+            last = 0
+            if fresh:
+                last = await conn.fetchval(RESERVE_SEQS, SEQ_LOCK, len(fresh), self._channel)
+                numbered = [
+                    (seq, *record) for seq, record in enumerate(fresh, last - len(fresh) + 1)
+                ]
+                await conn.copy_records_to_table("events", records=numbered, columns=EVENT_COLUMNS)
+            await _copy_refused(conn, batch)
+            duplicates = len(batch.events) - len(fresh)
+            if duplicates:
+                await conn.execute(UPDATE_LEDGER, len(fresh), duplicates, batch.batch_id)
+        return len(fresh), last
+
+    async def _ensure_partitions(self, pool: asyncpg.Pool, records: list[Record]) -> None:
+        if self._partitioning is not Partitioning.NATIVE:
+            return
+        days = {record[RECORD_TS].date() for record in records}
+        if days <= self._days:
+            return
+        async with pool.acquire() as conn:
+            self._days = await create_partitions(conn, days | self._days)
+
+    def _write_failed(self, batch: BatchWrite, exc: BaseException) -> SinkWriteError:
+        self._failed += 1
+        self._health = Health.DEGRADED
+        self._last_error = redacted(f"{type(exc).__name__}: {exc}", self._secrets)
+        if isinstance(exc, asyncpg.CheckViolationError):
+            # Most likely retention dropped a day partition this batch needs: look again.
+            self._days = set()
+        log.warning("batch %s not written, rolled back: %s", batch.batch_id, self._last_error)
+        return SinkWriteError(
+            f"postgres write of batch {batch.batch_id!r} failed and was rolled back "
+            f"({self._last_error}); retry the batch"
+        )
+
+    async def maintain(self, today: dt.date) -> list[str]:
+        """Create the partitions ahead of ``today``, apply retention; what was dropped."""
+        async with self._open_pool().acquire() as conn:
+            await self._create_ahead(conn, today)
+            if self.config.retention_days is None:
+                return []
+            cutoff = today - dt.timedelta(days=self.config.retention_days)
+            if self._partitioning is Partitioning.TIMESCALE:
+                return await drop_chunks_before(conn, cutoff)
+            dropped = await drop_partitions_before(conn, cutoff)
+        self._days = {day for day in self._days if day >= cutoff}
+        if dropped:
+            log.info("retention dropped partitions", extra={"partitions": dropped})
+        return dropped
+
+    async def _create_ahead(self, conn: asyncpg.Connection, today: dt.date) -> None:
+        if self._partitioning is Partitioning.NATIVE:
+            ahead = _days_between(today - DAY, today + self.config.partitions_ahead_days * DAY)
+            self._days = await create_partitions(conn, ahead)
+
+    async def _maintain_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.maintenance_interval_s)
+            try:
+                await self.maintain(utc_today())
+            except (*DB_ERRORS, SinkError) as exc:
+                log.warning("postgres maintenance failed, retrying later: %s", exc)
+
+    async def query(self, selection: EventFilter, page: PageRequest) -> QueryPage:
+        conditions = where(selection)
+        newest_first = page.order is SortOrder.NEWEST_FIRST
+        direction = "DESC" if newest_first else "ASC"
+        if page.after is not None:
+            after_ts = conditions.param(page.after.ts_ns)
+            after_id = conditions.param(page.after.event_id)
+            conditions.add(
+                f"(ts_ns, event_id) {'<' if newest_first else '>'} ({after_ts}, {after_id})"
+            )
+        limit = conditions.param(page.size + 1)
+        sql = (
+            f"{SELECT_EVENT} WHERE {conditions.sql()} "
+            f"ORDER BY ts_ns {direction}, event_id {direction} LIMIT {limit}"
+        )
+        rows = await self._read(sql, conditions.params)
+        events = [stored_event(row).event for row in rows[: page.size]]
+        if len(rows) <= page.size:
+            return QueryPage(events, None)
+        last = events[-1]
+        return QueryPage(events, PagePosition(rows[page.size - 1][2], last.id))
+
+    async def aggregate(
+        self, selection: EventFilter, bucket_ns: int, group_by: GroupBy
+    ) -> list[BucketCount]:
+        conditions = where(selection)
+        width = conditions.param(bucket_ns)
+        # A true modulo (% truncates toward zero) so times before 1970 align too.
+        bucket = f"ts_ns - ((ts_ns % {width}) + {width}) % {width}"
+        sql = (
+            f"SELECT {bucket} AS bucket, {GROUP_COLUMNS[group_by]} AS key, COUNT(*) "
+            f"FROM events WHERE {conditions.sql()} GROUP BY bucket, key ORDER BY bucket, key"
+        )
+        rows = await self._read(sql, conditions.params)
+        return [BucketCount(start, str(key), count) for start, key, count in rows]
+
+    async def events_after(self, seq: int, selection: EventFilter, limit: int) -> list[StoredEvent]:
+        conditions = Conditions()
+        conditions.add(f"seq > {conditions.param(seq)}")
+        where(selection, conditions)
+        sql = (
+            f"{SELECT_EVENT} WHERE {conditions.sql()} ORDER BY seq LIMIT {conditions.param(limit)}"
+        )
+        return [stored_event(row) for row in await self._read(sql, conditions.params)]
+
+    async def last_seq(self) -> int:
+        rows = await self._read("SELECT COALESCE(MAX(seq), 0) FROM events", [])
+        return int(rows[0][0])
+
+    async def totals(self) -> StoreTotals:
+        since_ns = now_ns() - HOUR_NS
+        rows = await self._read(TOTALS, [ns_to_timestamptz(since_ns), since_ns])
+        return StoreTotals(*(int(value) for value in rows[0]))
+
+    async def _read(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+        pool = self._open_pool()
+        try:
+            rows: list[asyncpg.Record] = await pool.fetch(sql, *params)
+        except DB_ERRORS as exc:
+            raise SinkError(f"postgres read failed: {type(exc).__name__}: {exc}") from exc
+        return rows
+
+    def _open_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise SinkError(f"postgres database {self.where} is not open")
+        return self._pool
+
+
+def _days_between(first: dt.date, last: dt.date) -> Iterable[dt.date]:
+    day = first
+    while day <= last:
+        yield day
+        day += DAY
+
+
+async def _claim_new_events(conn: asyncpg.Connection, records: list[Record]) -> list[Record]:
+    """The events whose ids were not stored before, first occurrence of each, in order.
+
+    Usually no id was seen before and a COPY claims them all; if one was, the savepoint
+    is rolled back and a slower INSERT .. ON CONFLICT claims the others.
+    """
+    id_rows = [(record[RECORD_ID], record[RECORD_TS]) for record in records]
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("event_ids", records=id_rows, columns=ID_COLUMNS)
+        return records
+    except asyncpg.UniqueViolationError:
+        pass
+    ids, times = zip(*id_rows, strict=True)
+    claimed = {row[0] for row in await conn.fetch(CLAIM_EVENT_IDS, ids, times)}
+    fresh: list[Record] = []
+    for record in records:
+        if record[RECORD_ID] in claimed:
+            claimed.discard(record[RECORD_ID])
+            fresh.append(record)
+    return fresh
+
+
+async def _copy_refused(conn: asyncpg.Connection, batch: BatchWrite) -> None:
+    if batch.dead_letters:
+        await conn.copy_records_to_table(
+            "dead_letters", records=dead_letter_records(batch), columns=DEAD_LETTER_COLUMNS
+        )
+    if batch.quarantined:
+        await conn.copy_records_to_table(
+            "quarantine", records=quarantine_records(batch), columns=QUARANTINE_COLUMNS
+        )
