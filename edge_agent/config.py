@@ -305,6 +305,11 @@ class ShipperSection(Section):
         default_factory=_default_ingest,
         description="IngestService addresses, tried in turn (fail-over) on connection failure.",
     )
+    gzip: bool = Field(
+        False,
+        description="Compress batches; worth it only where the link is slower than the CPU "
+        "(a LAN is not).",
+    )
     batch_max_events: int = Field(
         500, ge=1, description="Events per batch at most (also capped by the server's limit)."
     )

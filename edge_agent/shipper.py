@@ -133,7 +133,12 @@ class _Session:
 
     async def run(self) -> None:
         ingest = self.settings.ingest
-        channel = open_channel([self.address], self.shipper.tls, server_name=ingest.tls_server_name)
+        channel = open_channel(
+            [self.address],
+            self.shipper.tls,
+            server_name=ingest.tls_server_name,
+            gzip=self.settings.gzip,
+        )
         try:
             call: StreamCall = ingest_pb2_grpc.IngestServiceStub(channel).Stream()
             limits = await self._handshake(call)

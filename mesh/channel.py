@@ -68,6 +68,7 @@ def open_channel(
     max_message_bytes: int = 16 * 1024 * 1024,
     keepalive_time_s: float = 30.0,
     server_name: str | None = None,
+    gzip: bool = False,
     extra_options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.aio.Channel:
     """A channel to a service; mTLS unless tls.enabled is false (development only).
@@ -96,11 +97,18 @@ def open_channel(
         _TraceStreamUnary(),
         _TraceStreamStream(),
     ]
+    compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
     if tls.enabled:
         return grpc.aio.secure_channel(
-            target, channel_credentials(tls), options=options, interceptors=interceptors
+            target,
+            channel_credentials(tls),
+            options=options,
+            interceptors=interceptors,
+            compression=compression,
         )
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=interceptors, compression=compression
+    )
 
 
 def _with_trace(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:

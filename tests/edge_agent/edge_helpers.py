@@ -92,6 +92,7 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         self.store = store or Store()
         self.hellos: list[ingest_pb2.Hello] = []
         self.peer_names: list[bytes] = []
+        self.metadata: list[dict[str, Any]] = []
         self.batches: list[event_pb2.EventBatch] = []
         self.outstanding = 0
         self.max_outstanding = 0
@@ -101,6 +102,7 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
     ) -> AsyncIterator[ingest_pb2.StreamResponse]:
         first = await anext(request_iterator)
         self.hellos.append(first.hello)
+        self.metadata.append(dict(context.invocation_metadata() or ()))
         self.peer_names.extend(context.auth_context().get("x509_common_name", []))
         yield ingest_pb2.StreamResponse(limits=self.limits)
         acks: asyncio.Queue[ingest_pb2.BatchAck] = asyncio.Queue()

@@ -45,8 +45,8 @@ class Agent:
         await self.shipper.stop(0)
         await self.spool.close()
 
-    async def add(self, count: int) -> list[event_pb2.Event]:
-        events = [make_event(f"event {i}") for i in range(count)]
+    async def add(self, count: int, message: str = "event") -> list[event_pb2.Event]:
+        events = [make_event(f"{message} {i}") for i in range(count)]
         assert (await self.spool.append(events)).accepted == count
         return events
 
@@ -280,3 +280,65 @@ def test_backoff_doubles_with_jitter_up_to_the_max() -> None:
     ]
     assert backoff_delay(3, 0.5, 30, rand=lambda: 0.0) == 2.0
     assert backoff_delay(10_000, 0.5, 30, rand=lambda: 0.0) == 15.0
+
+
+class CountingProxy:
+    """A TCP proxy that counts the bytes the agent sends (TLS passes through untouched)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sent = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> CountingProxy:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(
+            self._pipe(reader, up_writer, count=True),
+            self._pipe(up_reader, writer, count=False),
+            return_exceptions=True,
+        )
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if count:
+                    self.sent += len(data)
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def shipped_bytes(pki: Pki, tmp_path: Path, servers: list[IngestServer], gzip: bool) -> int:
+    double = IngestDouble(limits(window=4, max_events=300), ok)
+    server = await serve(pki, servers, double)
+    proxy = await CountingProxy(int(server.address.rsplit(":", 1)[1])).start()
+    config = agent_config(
+        pki, tmp_path / str(gzip), [f"127.0.0.1:{proxy.port}"], shipper={"gzip": gzip}
+    )
+    async with Agent(config) as agent:
+        events = await agent.add(200, message="disk quota nearly exhausted " * 80)
+        await eventually(lambda: agent.spool.events == 0, what="spool to empty")
+    await proxy.close()
+    assert set(double.store.counts) == {e.id for e in events}
+    return proxy.sent
+
+
+async def test_gzip_compresses_the_stream_when_asked(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    plain = await shipped_bytes(pki, tmp_path, servers, gzip=False)
+    compressed = await shipped_bytes(pki, tmp_path, servers, gzip=True)
+    assert compressed < plain / 5
