@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from mesh.config import Section, ServiceConfig
+from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
+from mesh.config import ClientConfig, Section, ServiceConfig
 
 
 class StoreSection(Section):
@@ -17,5 +19,78 @@ class StoreSection(Section):
     max_page_size: int = Field(500, ge=1, description="Hard cap on ListAnomalies page size.")
 
 
+def _storage_default() -> ClientConfig:
+    return ClientConfig(addresses=["127.0.0.1:50053"])
+
+
+class ModelsSection(Section):
+    dir: Path = Field(Path("edgebot-models"), description="<dir>/<agent>/<version>/ folders.")
+    poll_interval_s: float = Field(5.0, gt=0, description="How often the folder is checked.")
+
+
+class ResourcesSection(Section):
+    max_cpu_percent: float = Field(80.0, gt=0, le=100, description="Defer cycles above this.")
+    max_memory_percent: float = Field(70.0, gt=0, le=100, description="Defer cycles above.")
+    defer_on_demand: bool = Field(
+        False, description="Also defer RunAnalysis calls (scheduled cycles always defer)."
+    )
+
+
+class AlertsSection(Section):
+    heartbeat_s: float = Field(15.0, gt=0, description="Default WatchAlerts heartbeat.")
+    subscriber_buffer: int = Field(
+        1000,
+        ge=1,
+        description="Alerts queued per watcher; a watcher that falls further "
+        "behind is disconnected and resumes from its last alert id.",
+    )
+    escalate_counts: list[int] = Field(
+        default_factory=lambda: [10, 100, 1000],
+        description="An anomaly recurring this many times raises an ESCALATED alert.",
+    )
+
+
+class CacheSection(Section):
+    ttl_s: float = Field(60.0, ge=0, description="QueryEvents results kept this long; 0 = off.")
+    max_entries: int = Field(64, ge=1)
+
+
+class AnalysisSection(Section):
+    page_size: int = Field(1000, ge=1, le=10_000, description="QueryEvents page size.")
+    max_events: int = Field(200_000, ge=1, description="Events read per agent and cycle.")
+
+
 class AnomalyServiceConfig(ServiceConfig):
     store: StoreSection = Field(default_factory=StoreSection)
+    storage: ClientConfig = Field(default_factory=_storage_default)
+    agents: list[AgentSettings] = Field(
+        default_factory=lambda: [validate_settings({"type": a.type_name}) for a in BUILT_IN],
+        description="Agents to run: [{type: wifi, enabled, interval_s, ...thresholds}].",
+    )
+    models: ModelsSection = Field(default_factory=ModelsSection)
+    resources: ResourcesSection = Field(default_factory=ResourcesSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
+    analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+
+    @field_validator("agents", mode="before")
+    @classmethod
+    def _agent_settings(cls, value: Any) -> list[AgentSettings]:
+        if not isinstance(value, list):
+            raise ValueError("must be a list of {type: ..., ...} entries")
+        agents = []
+        for position, entry in enumerate(value):
+            if isinstance(entry, AgentSettings):
+                agents.append(entry)
+                continue
+            if not isinstance(entry, dict):
+                raise ValueError(f"[{position}]: must be a mapping with a 'type'")
+            try:
+                agents.append(validate_settings(entry))
+            except ValueError as exc:
+                raise ValueError(f"[{position}] ({entry.get('type')}): {exc}") from None
+        names = [a.name or a.type for a in agents]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"agent names must be unique; repeated: {', '.join(duplicates)}")
+        return agents

@@ -1,19 +1,26 @@
-"""AnomalyService servicer: the anomaly store over gRPC.
+"""AnomalyService servicer: the anomaly store, detection agents, models and alerts over gRPC.
 
-Agents, models, alerts and exports arrive with their own modules; until a method has a
-real implementation it answers UNIMPLEMENTED (the generated base class's behaviour).
+Exports are not part of this build yet: their methods answer UNIMPLEMENTED.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import NoReturn
 
 import grpc
 
+from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscription
 from anomaly_svc.config import AnomalyServiceConfig
+from anomaly_svc.models.manager import ModelManager, ModelState, ModelStatus
+from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
+    AlertKind,
+    AlertRecord,
     AnomalyQuery,
     AnomalyRecord,
     AnomalyStore,
@@ -22,16 +29,17 @@ from anomaly_svc.store import (
     PageTokenError,
     Status,
 )
-from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2
-from mesh import AccessPolicy, ServiceRuntime
+from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2, storage_pb2, storage_pb2_grpc
+from mesh import AccessPolicy, ServiceRuntime, open_channel
 from mesh.errors import abort_invalid
-from mesh.timeutil import is_set, ns_to_ts, ts_to_ns
+from mesh.timeutil import is_set, now_ns, ns_to_ts, ts_to_ns
 from mesh.types import Context
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = anomaly_pb2.DESCRIPTOR.services_by_name["AnomalyService"].full_name
 # Every method is an operator RPC (the policy's default).
 POLICY = AccessPolicy(methods={})
+STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
 
 _STATUS_TO_PROTO = {
     Status.OPEN: anomaly_pb2.ANOMALY_STATUS_OPEN,
@@ -46,6 +54,16 @@ _LABEL_TO_PROTO = {
 }
 _LABEL_FROM_PROTO = {value: key for key, value in _LABEL_TO_PROTO.items()}
 UPDATABLE_FIELDS = ("status", "resolution", "notes", "label")
+_ALERT_KIND_TO_PROTO = {
+    AlertKind.NEW: anomaly_pb2.ALERT_KIND_NEW,
+    AlertKind.ESCALATED: anomaly_pb2.ALERT_KIND_ESCALATED,
+}
+_MODEL_STATE_TO_PROTO = {
+    ModelState.LOADED: anomaly_pb2.MODEL_STATE_LOADED,
+    ModelState.REFUSED: anomaly_pb2.MODEL_STATE_REFUSED,
+    ModelState.RETIRED: anomaly_pb2.MODEL_STATE_RETIRED,
+}
+REPLAY_PAGE = 500
 
 
 def to_proto(record: AnomalyRecord) -> anomaly_pb2.Anomaly:
@@ -79,11 +97,29 @@ def to_proto(record: AnomalyRecord) -> anomaly_pb2.Anomaly:
     return anomaly
 
 
+@dataclass
+class Detection:
+    """What the detection RPCs use; made in AnomalyApp.open() on the running loop."""
+
+    scheduler: Scheduler
+    models: ModelManager
+    hub: AlertHub
+    heartbeat_s: float
+    defer_on_demand: bool
+
+
 class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
     def __init__(self, store: AnomalyStore, default_page: int, max_page: int) -> None:
         self.store = store
         self.default_page = default_page
         self.max_page = max_page
+        self.detection: Detection | None = None
+
+    async def _ready(self, context: Context) -> Detection:
+        if self.detection is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the anomaly service is starting")
+        assert self.detection is not None
+        return self.detection
 
     async def ListAnomalies(
         self, request: anomaly_pb2.ListAnomaliesRequest, context: Context
@@ -140,33 +176,120 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         assert record is not None
         return record
 
-    # Detection agents, models, alerts and exports land with the anomaly-detection work;
-    # until then these answer UNIMPLEMENTED with a message saying so.
     async def WatchAlerts(
         self, request: anomaly_pb2.WatchAlertsRequest, context: Context
     ) -> AsyncIterator[anomaly_pb2.WatchAlertsResponse]:
-        await _not_yet(context, "WatchAlerts")
-        yield anomaly_pb2.WatchAlertsResponse()
+        detection = await self._ready(context)
+        after = 0
+        if request.after_alert_id:
+            if not request.after_alert_id.isdigit():
+                await abort_invalid(context, "after_alert_id", "not an alert id of this service")
+            after = int(request.after_alert_id)
+        heartbeat_s = detection.heartbeat_s
+        if request.HasField("heartbeat_interval"):
+            heartbeat_s = request.heartbeat_interval.ToTimedelta().total_seconds()
+            if heartbeat_s <= 0:
+                await abort_invalid(context, "heartbeat_interval", "must be positive")
+        wanted = AlertFilter(
+            max_level=request.min_severity - 1 if request.min_severity else None,
+            agents=list(request.agents),
+            hosts=list(request.hosts),
+        )
+        hub = detection.hub
+        subscription = hub.subscribe()
+        try:
+            last = after
+            if request.after_alert_id:
+                async for alert in self._replay(after):
+                    last = alert.alert_id
+                    if wanted.matches(alert.anomaly):
+                        yield anomaly_pb2.WatchAlertsResponse(alert=alert_to_proto(alert))
+            async for response in live_alerts(subscription, wanted, last, heartbeat_s):
+                yield response
+            if subscription.overflowed:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"watcher fell more than {hub.buffer} alerts behind; "
+                    "reconnect with after_alert_id set to the last alert received",
+                )
+        finally:
+            hub.unsubscribe(subscription)
+
+    async def _replay(self, after: int) -> AsyncIterator[AlertRecord]:
+        while True:
+            page = await self.store.alerts_after(after, REPLAY_PAGE)
+            for alert in page:
+                yield alert
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].alert_id
 
     async def ListAgents(
         self, request: anomaly_pb2.ListAgentsRequest, context: Context
     ) -> anomaly_pb2.ListAgentsResponse:
-        await _not_yet(context, "ListAgents")
+        detection = await self._ready(context)
+        infos = []
+        for name, runner in detection.scheduler.runners.items():
+            info = anomaly_pb2.AgentInfo(
+                name=name,
+                enabled=runner.settings.enabled,
+                services=list(runner.agent.services),
+                types=list(runner.agent.event_types),
+                model_version=runner.model_version,
+                anomalies_found=runner.anomalies_found,
+                last_error=runner.last_error,
+            )
+            info.interval.FromTimedelta(dt.timedelta(seconds=runner.settings.interval_s))
+            if runner.last_run_ns:
+                ns_to_ts(runner.last_run_ns, info.last_run_time)
+            if runner.settings.enabled and runner.next_run_ns:
+                ns_to_ts(runner.next_run_ns, info.next_run_time)
+            infos.append(info)
+        return anomaly_pb2.ListAgentsResponse(agents=infos)
 
     async def RunAnalysis(
         self, request: anomaly_pb2.RunAnalysisRequest, context: Context
     ) -> anomaly_pb2.RunAnalysisResponse:
-        await _not_yet(context, "RunAnalysis")
+        detection = await self._ready(context)
+        runners = detection.scheduler.runners
+        for position, name in enumerate(request.agents):
+            if name not in runners:
+                await abort_invalid(
+                    context,
+                    f"agents[{position}]",
+                    f"no agent named {name!r} ({', '.join(runners)})",
+                )
+        start = ts_to_ns(request.start_time) if is_set(request.start_time) else None
+        end = ts_to_ns(request.end_time) if is_set(request.end_time) else None
+        if start is not None and end is not None and end <= start:
+            await abort_invalid(context, "end_time", "must be after start_time")
+        if end is not None and start is None:
+            await abort_invalid(context, "start_time", "required when end_time is set")
+        names = list(request.agents) or [n for n, r in runners.items() if r.settings.enabled]
+        results = await asyncio.gather(
+            *(
+                detection.scheduler.run(
+                    runners[name], scheduled=False, start_ns=start, end_ns=end,
+                    defer_when_busy=detection.defer_on_demand,
+                )
+                for name in names
+            )
+        )  # fmt: skip
+        return anomaly_pb2.RunAnalysisResponse(results=[result_to_proto(r) for r in results])
 
     async def ListModels(
         self, request: anomaly_pb2.ListModelsRequest, context: Context
     ) -> anomaly_pb2.ListModelsResponse:
-        await _not_yet(context, "ListModels")
+        detection = await self._ready(context)
+        statuses = detection.models.statuses(list(request.agents))
+        return anomaly_pb2.ListModelsResponse(models=[model_to_proto(s) for s in statuses])
 
     async def ReloadModels(
         self, request: anomaly_pb2.ReloadModelsRequest, context: Context
     ) -> anomaly_pb2.ReloadModelsResponse:
-        await _not_yet(context, "ReloadModels")
+        detection = await self._ready(context)
+        statuses = await detection.models.rescan(list(request.agents), force=True)
+        return anomaly_pb2.ReloadModelsResponse(models=[model_to_proto(s) for s in statuses])
 
     async def CreateExport(
         self, request: anomaly_pb2.CreateExportRequest, context: Context
@@ -193,6 +316,72 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         self, request: anomaly_pb2.DeleteExportRequest, context: Context
     ) -> anomaly_pb2.DeleteExportResponse:
         await _not_yet(context, "DeleteExport")
+
+
+async def live_alerts(
+    subscription: Subscription, wanted: AlertFilter, last: int, heartbeat_s: float
+) -> AsyncIterator[anomaly_pb2.WatchAlertsResponse]:
+    """Live alerts after ``last`` (ids up to it were replayed), heartbeats while idle."""
+    while True:
+        if subscription.overflowed and subscription.queue.empty():
+            return
+        try:
+            alert = await asyncio.wait_for(subscription.queue.get(), heartbeat_s)
+        except TimeoutError:
+            beat = anomaly_pb2.WatchAlertsResponse(heartbeat=anomaly_pb2.Heartbeat())
+            ns_to_ts(now_ns(), beat.heartbeat.time)
+            yield beat
+            continue
+        if alert is None:
+            return
+        if alert.alert_id <= last:
+            continue
+        last = alert.alert_id
+        if wanted.matches(alert.anomaly):
+            yield anomaly_pb2.WatchAlertsResponse(alert=alert_to_proto(alert))
+
+
+def alert_to_proto(alert: AlertRecord) -> anomaly_pb2.Alert:
+    message = anomaly_pb2.Alert(
+        alert_id=str(alert.alert_id),
+        kind=_ALERT_KIND_TO_PROTO[alert.kind],
+        anomaly=to_proto(alert.anomaly),
+    )
+    ns_to_ts(alert.time_ns, message.time)
+    return message
+
+
+def result_to_proto(result: CycleResult) -> anomaly_pb2.AnalysisResult:
+    message = anomaly_pb2.AnalysisResult(
+        agent=result.agent,
+        events_analyzed=result.events_analyzed,
+        anomalies_found=result.anomalies_found,
+        deferred=result.deferred,
+        deferred_reason=result.deferred_reason,
+        error=result.error,
+    )
+    message.duration.FromTimedelta(dt.timedelta(seconds=result.duration_s))
+    return message
+
+
+def model_to_proto(status: ModelStatus) -> anomaly_pb2.ModelInfo:
+    metadata = status.metadata
+    info = anomaly_pb2.ModelInfo(
+        agent=status.agent,
+        version=status.version,
+        path=str(status.path),
+        state=_MODEL_STATE_TO_PROTO[status.state],
+        metrics={k: float(v) for k, v in metadata.get("metrics", {}).items()},
+        feature_names=list(metadata.get("feature_names", [])),
+        threshold=float(metadata.get("threshold", 0.0)),
+        error=status.error,
+    )
+    if status.load_ns:
+        ns_to_ts(status.load_ns, info.load_time)
+    for key, target in (("data_start", info.data_start_time), ("data_end", info.data_end_time)):
+        if key in metadata:
+            target.FromDatetime(dt.datetime.fromisoformat(metadata[key].replace("Z", "+00:00")))
+    return info
 
 
 async def _not_yet(context: Context, method: str) -> NoReturn:
@@ -249,12 +438,53 @@ class AnomalyApp:
                 self.servicer, server
             ),
         )
+        self.runtime.before_drain.append(self._end_streams)
+        self.channel: grpc.aio.Channel | None = None
+        self.detection: Detection | None = None
 
     async def open(self) -> None:
+        config = self.config
         await self.store.open()
+        self.channel = open_channel(
+            config.storage.addresses,
+            config.tls,
+            retry_services=[STORAGE_SERVICE],
+            server_name=config.storage.tls_server_name,
+        )
+        source = EventSource(
+            storage_pb2_grpc.StorageServiceStub(self.channel),
+            config.cache,
+            config.analysis.page_size,
+            config.analysis.max_events,
+            config.storage.timeout_s,
+        )
+        hub = AlertHub(config.alerts.subscriber_buffer)
+        models = ModelManager(config.models.dir, config.models.poll_interval_s)
+        await models.start()
+        scheduler = Scheduler(
+            config.agents,
+            source,
+            AnomalyRecorder(self.store, hub, config.alerts.escalate_counts),
+            models,
+            ResourceMonitor(config.resources),
+        )
+        scheduler.start()
+        self.detection = Detection(
+            scheduler, models, hub, config.alerts.heartbeat_s, config.resources.defer_on_demand
+        )
+        self.servicer.detection = self.detection
         await self.runtime.set_serving(True)
 
+    async def _end_streams(self) -> None:
+        if self.detection is not None:
+            self.detection.hub.close()
+
     async def close(self) -> None:
+        if self.detection is not None:
+            await self.detection.scheduler.stop()
+            await self.detection.models.stop()
+        if self.channel is not None:
+            await self.channel.close()
         await self.store.close()
 
 

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS mcp_anomalies (
 );
 CREATE INDEX IF NOT EXISTS mcp_anomalies_time ON mcp_anomalies (timestamp_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS mcp_anomalies_agent ON mcp_anomalies (agent_name, timestamp_ns);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    anomaly_id TEXT NOT NULL REFERENCES mcp_anomalies (id),
+    time_ns INTEGER NOT NULL
+);
 """
 
 
@@ -111,6 +117,20 @@ class Changes:
     label: Label | None = None
 
 
+class AlertKind(StrEnum):
+    NEW = "new"
+    ESCALATED = "escalated"
+
+
+@dataclass(frozen=True)
+class AlertRecord:
+    alert_id: int
+    """Monotonic (SQLite AUTOINCREMENT never reuses an id)."""
+    kind: AlertKind
+    anomaly: AnomalyRecord
+    time_ns: int
+
+
 class PageTokenError(ValueError):
     """A page token this store did not issue."""
 
@@ -163,8 +183,9 @@ class AnomalyStore:
             """UPDATE mcp_anomalies SET count = count + 1, updated_ns = ?,
                last_seen_ns = max(last_seen_ns, ?), timestamp_ns = max(timestamp_ns, ?),
                severity = min(severity, ?), confidence = max(confidence, ?),
-               description = ?, features = ?, status = CASE WHEN status = 'resolved'
-               THEN 'open' ELSE status END WHERE id = ?""",
+               description = ?, features = ?, model_version = ?, event_ids = ?,
+               status = CASE WHEN status = 'resolved' THEN 'open' ELSE status END
+               WHERE id = ?""",
             (
                 now,
                 anomaly.time_ns,
@@ -173,6 +194,8 @@ class AnomalyStore:
                 anomaly.confidence,
                 anomaly.description,
                 json.dumps(anomaly.features),
+                anomaly.model_version,
+                json.dumps(anomaly.event_ids),
                 existing.id,
             ),
         )
@@ -180,6 +203,34 @@ class AnomalyStore:
         updated = await self.get(existing.id)
         assert updated is not None
         return updated, False
+
+    async def add_alert(self, kind: AlertKind, anomaly: AnomalyRecord) -> AlertRecord:
+        time_ns = now_ns()
+        cursor = await self.db.execute(
+            "INSERT INTO alerts (kind, anomaly_id, time_ns) VALUES (?, ?, ?)",
+            (str(kind), anomaly.id, time_ns),
+        )
+        await self.db.commit()
+        assert cursor.lastrowid is not None
+        return AlertRecord(cursor.lastrowid, kind, anomaly, time_ns)
+
+    async def alerts_after(self, after_id: int, limit: int) -> list[AlertRecord]:
+        """Alerts with an id above ``after_id``, oldest first, with their anomaly as now."""
+        async with self.db.execute(
+            """SELECT alerts.alert_id, alerts.kind, alerts.time_ns AS alert_time_ns,
+                      mcp_anomalies.* FROM alerts JOIN mcp_anomalies
+               ON mcp_anomalies.id = alerts.anomaly_id
+               WHERE alerts.alert_id > ? ORDER BY alerts.alert_id LIMIT ?""",
+            (after_id, limit),
+        ) as cursor:
+            rows = list(await cursor.fetchall())
+        return [
+            AlertRecord(row["alert_id"], AlertKind(row["kind"]), _record(row), row["alert_time_ns"])
+            for row in rows
+        ]
+
+    async def by_dedupe_key(self, key: str) -> AnomalyRecord | None:
+        return await self._by_dedupe_key(key)
 
     async def _by_dedupe_key(self, key: str) -> AnomalyRecord | None:
         async with self.db.execute(

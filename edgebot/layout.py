@@ -116,7 +116,11 @@ def service_configs(
             "storage": {"addresses": address("storage")},
         },
         "anomaly": common("anomaly", "anomaly")
-        | {"store": {"path": str(state.data / "anomalies.db")}},
+        | {
+            "store": {"path": str(state.data / "anomalies.db")},
+            "storage": {"addresses": address("storage")},
+            "models": {"dir": str(state.data / "models")},
+        },
         "agent": common("agent", f"agent-{agent_id}")
         | {
             "agent": {"id": agent_id},

@@ -1,0 +1,16 @@
+"""Prometheus metrics of the anomaly service."""
+
+from prometheus_client import Counter
+
+CYCLES = Counter(
+    "edgebot_anomaly_cycles_total",
+    "Analysis cycles by agent and outcome (ok, deferred, error).",
+    ["agent", "outcome"],
+)
+ANOMALIES = Counter(
+    "edgebot_anomalies_total",
+    "Anomalies recorded (new and recurring) by agent and syslog severity name.",
+    ["agent", "severity"],
+)
+SEVERITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+ALERTS = Counter("edgebot_anomaly_alerts_total", "Alerts raised by kind.", ["kind"])

@@ -1,0 +1,1 @@
+"""Models: the shared feature extractor, training data loaders, training and the ModelManager."""

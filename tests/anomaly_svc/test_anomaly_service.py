@@ -1,0 +1,277 @@
+"""The detection RPCs against a real in-process storage service over mTLS gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from anomaly_samples import HDFS, crowdsec_events, openwrt_events, syslog_events
+from google.protobuf.duration_pb2 import Duration
+from inprocess_mesh import storage_app
+from support import Pki, eventually, make_config, secure_channel
+
+from anomaly_svc import AnomalyApp, AnomalyServiceConfig, build
+from anomaly_svc.alerts import AlertFilter, AlertHub
+from anomaly_svc.models.datasets import load
+from anomaly_svc.models.train import MODEL_FILE, train
+from anomaly_svc.server import live_alerts
+from anomaly_svc.store import AlertKind, AlertRecord, AnomalyRecord
+from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2, storage_pb2, storage_pb2_grpc
+from mesh.app import App, running
+from mesh.timeutil import NS_PER_S, now_ns, ns_to_ts
+
+ALL_TIME = {"start_time": ns_to_ts(NS_PER_S), "end_time": ns_to_ts(now_ns() + 86_400 * NS_PER_S)}
+
+
+@dataclass
+class Mesh:
+    storage: App
+    anomaly: AnomalyApp
+    stub: anomaly_pb2_grpc.AnomalyServiceAsyncStub
+    writer: storage_pb2_grpc.StorageServiceAsyncStub
+    models: Path
+
+    async def write(self, events: Sequence[event_pb2.Event]) -> None:
+        batch = event_pb2.EventBatch(batch_id=f"b-{events[0].id}", agent_id="site-a", events=events)
+        await self.writer.Write(storage_pb2.WriteRequest(batch=batch))
+
+    async def run(self, *agents: str) -> dict[str, anomaly_pb2.AnalysisResult]:
+        reply = await self.stub.RunAnalysis(
+            anomaly_pb2.RunAnalysisRequest(agents=agents, **ALL_TIME)
+        )
+        return {r.agent: r for r in reply.results}
+
+    async def anomalies(self, agent: str) -> list[anomaly_pb2.Anomaly]:
+        reply = await self.stub.ListAnomalies(
+            anomaly_pb2.ListAnomaliesRequest(agents=[agent], page_size=500)
+        )
+        return list(reply.anomalies)
+
+
+def anomaly_config(
+    pki: Pki, tmp_path: Path, storage_port: int, **sections: Any
+) -> AnomalyServiceConfig:
+    return make_config(
+        AnomalyServiceConfig, pki, "anomaly",
+        store={"path": str(tmp_path / "anomalies.db")},
+        storage={"addresses": [f"127.0.0.1:{storage_port}"], "timeout_s": 2},
+        models={"dir": str(tmp_path / "models"), "poll_interval_s": 0.1},
+        cache={"ttl_s": 0},
+        **sections,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def mesh(pki: Pki, tmp_path: Path, **sections: Any) -> AsyncIterator[Mesh]:
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
+    async with running(storage_app(pki, tmp_path)) as storage:
+        config = anomaly_config(pki, tmp_path, storage.runtime.ports.grpc, **sections)
+        async with running(build(config)) as anomaly:
+            assert isinstance(anomaly, AnomalyApp)
+            async with (
+                secure_channel(anomaly.runtime.ports.grpc, pki.operator()) as operator,
+                secure_channel(storage.runtime.ports.grpc, pki.service("ingest")) as writer,
+            ):
+                yield Mesh(
+                    storage, anomaly, anomaly_pb2_grpc.AnomalyServiceStub(operator),
+                    storage_pb2_grpc.StorageServiceStub(writer), config.models.dir,
+                )  # fmt: skip
+
+
+async def test_run_analysis_finds_the_expected_anomalies(pki: Pki, tmp_path: Path) -> None:
+    async with mesh(pki, tmp_path) as m:
+        await m.write(crowdsec_events("ssh-bf"))
+        await m.write(crowdsec_events("sshd-success-logs"))
+        await m.write(crowdsec_events("iptables-scan-multi-port"))
+        await m.write(openwrt_events())
+        results = await m.run("auth", "firewall", "wifi")
+        assert {name: r.error for name, r in results.items()} == {
+            "auth": "",
+            "firewall": "",
+            "wifi": "",
+        }
+        assert results["wifi"].anomalies_found == 2
+        assert sorted(a.dedupe_key for a in await m.anomalies("auth")) == [
+            "auth:brute_force:35.188.49.176",
+            "auth:password_change:openwrt:root",
+            "auth:user_enumeration:35.188.49.176",
+        ]
+        assert sorted(a.dedupe_key for a in await m.anomalies("firewall")) == [
+            "firewall:port_scan:127.0.0.2",
+            "firewall:port_scan:62.34.17.168",
+        ]
+        agents = {
+            a.name: a for a in (await m.stub.ListAgents(anomaly_pb2.ListAgentsRequest())).agents
+        }
+        assert set(agents) == {"wifi", "auth", "firewall", "dns", "logpattern", "volume"}
+        assert agents["auth"].anomalies_found == 3
+        assert "sshd" in agents["auth"].services
+        assert agents["auth"].interval.seconds == 300
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await m.run("nope")
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _alerts(
+    stub: anomaly_pb2_grpc.AnomalyServiceAsyncStub, count: int, after: str = ""
+) -> list[anomaly_pb2.Alert]:
+    received: list[anomaly_pb2.Alert] = []
+    stream = stub.WatchAlerts(
+        anomaly_pb2.WatchAlertsRequest(after_alert_id=after, heartbeat_interval=Duration(seconds=5))
+    )
+    async for response in stream:
+        if response.HasField("alert"):
+            received.append(response.alert)
+        if len(received) == count:
+            stream.cancel()
+            break
+    return received
+
+
+def _brute_force(ip: str, minute: int) -> list[event_pb2.Event]:
+    return syslog_events(
+        [
+            f"Feb  3 10:{minute:02d}:0{n} gw sshd[9]: Invalid user u{n} from {ip} port 22"
+            for n in range(6)
+        ]
+    )
+
+
+async def test_watch_alerts_resumes_without_gap_or_repeat(pki: Pki, tmp_path: Path) -> None:
+    async with mesh(pki, tmp_path) as m:
+        await m.write(_brute_force("198.51.100.1", 1))
+        first_watch = asyncio.create_task(_alerts(m.stub, 2))
+        await eventually(lambda: m.anomaly.detection.hub.watchers == 1)  # type: ignore[union-attr]
+        await m.run("auth")
+        seen = await first_watch
+        assert [a.kind for a in seen] == [anomaly_pb2.ALERT_KIND_NEW] * 2
+        # Disconnected: two more sources raise four alerts while nobody watches.
+        await m.write(_brute_force("198.51.100.2", 2) + _brute_force("198.51.100.3", 3))
+        await m.run("auth")
+        resumed = asyncio.create_task(_alerts(m.stub, 6, after=seen[-1].alert_id))
+        await eventually(lambda: m.anomaly.detection.hub.watchers == 1)  # type: ignore[union-attr]
+        await m.write(_brute_force("198.51.100.4", 4))
+        await m.run("auth")
+        rest = await resumed
+        ids = [int(a.alert_id) for a in seen + rest]
+        assert ids == sorted(set(ids)), "alert ids repeat or go backwards"
+        assert ids == list(range(ids[0], ids[0] + 8)), "an alert was lost"
+        keys = {a.anomaly.dedupe_key for a in rest}
+        assert {f"auth:brute_force:198.51.100.{n}" for n in (2, 3, 4)} <= keys
+
+
+async def test_heartbeats_on_idle_streams_and_streams_end_at_shutdown(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async with mesh(pki, tmp_path) as m:
+        stream = m.stub.WatchAlerts(
+            anomaly_pb2.WatchAlertsRequest(heartbeat_interval=Duration(nanos=100_000_000))
+        )
+        first = await stream.read()
+        assert first.HasField("heartbeat")
+        await m.anomaly.runtime.stop()
+        ended = await asyncio.wait_for(stream.read(), 5)
+        assert ended is grpc.aio.EOF
+
+
+async def test_cycles_are_deferred_and_reported_when_resources_are_short(
+    pki: Pki, tmp_path: Path
+) -> None:
+    async with mesh(
+        pki, tmp_path, resources={"max_memory_percent": 0.001, "max_cpu_percent": 100}
+    ) as m:
+        assert m.anomaly.detection is not None
+        scheduler = m.anomaly.detection.scheduler
+        result = await scheduler.run(scheduler.runners["auth"], scheduled=True)
+        assert result.deferred
+        assert "resources.max_memory_percent" in result.deferred_reason
+        on_demand = await m.run("auth")
+        assert not on_demand["auth"].deferred
+    async with mesh(
+        pki,
+        tmp_path / "strict",
+        resources={"max_memory_percent": 0.001, "max_cpu_percent": 100, "defer_on_demand": True},
+    ) as m:
+        reply = await m.run("auth", "wifi")
+        assert all(r.deferred and "memory" in r.deferred_reason for r in reply.values())
+
+
+async def test_storage_down_is_a_clear_cycle_error(pki: Pki, tmp_path: Path) -> None:
+    async with mesh(pki, tmp_path) as m:
+        await m.storage.runtime.stop()
+        results = await m.run("auth")
+        assert "storage QueryEvents failed: UNAVAILABLE" in results["auth"].error
+        agents = await m.stub.ListAgents(anomaly_pb2.ListAgentsRequest())
+        auth = next(a for a in agents.agents if a.name == "auth")
+        assert "UNAVAILABLE" in auth.last_error
+
+
+def _hdfs_events() -> list[event_pb2.Event]:
+    lines = []
+    for raw in (HDFS / "HDFS_5k.log").read_text().splitlines()[3000:]:
+        date, clock, _pid, _level, rest = raw.split(" ", 4)
+        component, _, message = rest.partition(": ")
+        stamp = f"Nov {int(date[4:6]):2d} 20{date[:2]} {clock[:2]}:{clock[2:4]}:{clock[4:6]}"
+        lines.append(f"<14>{stamp} dn1 {component.split('$')[0]}: {message}")
+    return syslog_events(lines)
+
+
+async def test_model_hot_reload_scores_with_the_new_version(pki: Pki, tmp_path: Path) -> None:
+    trained = train("logpattern", load(HDFS, "hdfs"), tmp_path / "training")
+    async with mesh(pki, tmp_path) as m:
+        await m.write(_hdfs_events())
+        before = await m.run("logpattern")
+        assert before["logpattern"].error == ""
+        assert all(a.type != "model_session" for a in await m.anomalies("logpattern"))
+        shutil.copytree(trained.path, m.models / "logpattern" / trained.version)
+        await _wait_for_model(m, trained.version, anomaly_pb2.MODEL_STATE_LOADED)
+        await m.run("logpattern")
+        scored = [a for a in await m.anomalies("logpattern") if a.type == "model_session"]
+        assert scored, "the deployed model found no anomalous session"
+        assert {a.model_version for a in scored} == {trained.version}
+        broken = m.models / "logpattern" / "99990101T000000000000Z"
+        shutil.copytree(trained.path, broken)
+        (broken / MODEL_FILE).write_text("garbage\n")
+        await _wait_for_model(m, broken.name, anomaly_pb2.MODEL_STATE_REFUSED)
+        listed = await m.stub.ListModels(anomaly_pb2.ListModelsRequest(agents=["logpattern"]))
+        states = {i.version: i.state for i in listed.models}
+        assert states[trained.version] == anomaly_pb2.MODEL_STATE_LOADED
+        agents = await m.stub.ListAgents(anomaly_pb2.ListAgentsRequest())
+        assert (
+            next(a for a in agents.agents if a.name == "logpattern").model_version
+            == trained.version
+        )
+        reloaded = await m.stub.ReloadModels(anomaly_pb2.ReloadModelsRequest())
+        refused = next(i for i in reloaded.models if i.version == broken.name)
+        assert refused.state == anomaly_pb2.MODEL_STATE_REFUSED
+        assert refused.error
+
+
+async def _wait_for_model(m: Mesh, version: str, state: int) -> None:
+    for _ in range(100):
+        listed = await m.stub.ListModels(anomaly_pb2.ListModelsRequest(agents=["logpattern"]))
+        if any(i.version == version and i.state == state for i in listed.models):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"model {version} never reached state {state}")
+
+
+async def test_a_watcher_that_falls_behind_is_dropped_after_its_buffer() -> None:
+    hub = AlertHub(buffer=2)
+    subscription = hub.subscribe()
+    anomaly = AnomalyRecord("auth", "gw", 1, "brute_force", 4, 0.9, "d", "auth:brute_force:x")
+    for alert_id in (1, 2, 3):
+        hub.publish(AlertRecord(alert_id, AlertKind.NEW, anomaly, alert_id))
+    assert subscription.overflowed
+    assert hub.watchers == 0
+    live = [r.alert.alert_id async for r in live_alerts(subscription, AlertFilter(), 0, 60)]
+    # The stream ends after what it holds; the RPC then answers RESOURCE_EXHAUSTED and the
+    # client resumes after alert 2, where the store replays alert 3.
+    assert live == ["1", "2"]
