@@ -25,7 +25,7 @@ POLICY = AccessPolicy(methods={})
 class AgentApp:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.spool = Spool(config.spool.path, config.spool.max_bytes)
+        self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.overflow_policy)
         self.shipper = Shipper(config, self.spool)
         self.inputs = _inputs(config, self.spool)
         self.runtime = ServiceRuntime(

@@ -291,8 +291,17 @@ class SpoolSection(Section):
     max_bytes: int = Field(
         GIB,
         ge=1024,
-        description="Quota of spooled event bytes; when reached new events are refused "
-        "and counted as dropped (reason 'spool_full').",
+        description="Quota of spooled event bytes. When it is reached, inputs that can "
+        "wait (TCP, files) pause; the others apply spool.overflow_policy.",
+    )
+    overflow_policy: Literal["drop_newest", "drop_lowest_severity"] = Field(
+        "drop_lowest_severity",
+        description="What a full spool drops for inputs that cannot wait (UDP syslog, "
+        "NetFlow, SNMP, NMEA, HTTP polls): 'drop_lowest_severity' evicts waiting events "
+        "less severe than the newcomer (least severe, then oldest, first; events already "
+        "in a batch are never evicted) and refuses it only when none are; 'drop_newest' "
+        "refuses every newcomer. Counted in edgebot_spool_dropped_total{reason} and "
+        "edgebot_spool_dropped_by_severity_total{severity}.",
     )
 
 
@@ -318,6 +327,19 @@ class ShipperSection(Section):
     )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Reconnect delays double up to this.")
+    breaker_failures: int = Field(
+        3,
+        ge=1,
+        description="Consecutive failed connection attempts after which an ingest address's "
+        "circuit breaker opens: fail-over skips it until it is probed again.",
+    )
+    breaker_open_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long an open breaker keeps its address out of rotation before one "
+        "probe; a probe that fails opens it again. When every address is open, the one due "
+        "soonest is tried anyway, at the backoff's pace.",
+    )
     max_in_flight: int = Field(
         4,
         ge=1,

@@ -11,8 +11,15 @@ MESSAGES_RECEIVED = Counter(
 )
 SPOOL_DROPPED = Counter(
     "edgebot_spool_dropped_total",
-    "Events an input could not hand to the spool, by reason (spool_full, overflow, error).",
+    "Events dropped before or in the spool, by reason (spool_full: refused by a full spool; "
+    "evicted: a waiting event removed to make room for a more severe one; overflow: an "
+    "input's own buffer was full; error: the spool failed).",
     ["reason"],
+)
+SPOOL_DROPPED_BY_SEVERITY = Counter(
+    "edgebot_spool_dropped_by_severity_total",
+    "Events a full spool refused or evicted, by their syslog severity.",
+    ["severity"],
 )
 SPOOL_EVENTS = Gauge("edgebot_spool_events", "Events in the spool waiting for an ack.")
 SPOOL_BYTES = Gauge("edgebot_spool_bytes", "Serialized bytes of the events in the spool.")
@@ -35,6 +42,11 @@ BATCHES_ACKED = Counter(
 LAST_SHIP = Gauge(
     "edgebot_last_ship_timestamp_seconds",
     "Unix time of the last ack that removed a batch from the spool.",
+)
+BREAKER_OPEN = Gauge(
+    "edgebot_shipper_breaker_open",
+    "1 while an ingest address's circuit breaker keeps it out of the fail-over rotation.",
+    ["address"],
 )
 CONNECTED = Gauge("edgebot_shipper_connected", "1 while a stream to ingest is established.")
 RECONNECTS = Counter(

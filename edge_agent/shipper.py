@@ -22,6 +22,7 @@ from edge_agent import metrics
 from edge_agent.config import AgentConfig
 from edge_agent.spool import Spool, SpooledBatch
 from gen.edgebot.v1 import ingest_pb2, ingest_pb2_grpc
+from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.channel import open_channel
 from mesh.errors import retry_delay_s
 from mesh.timeutil import NS_PER_S, now_ns
@@ -59,6 +60,10 @@ class Shipper:
         self.draining = False
         self.progress = asyncio.Event()
         self._address_index = 0
+        self.breakers = {
+            address: CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_open_s)
+            for address in self.settings.ingest.addresses
+        }
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -90,9 +95,8 @@ class Shipper:
 
     async def _run(self) -> None:
         attempt = 0
-        addresses = self.settings.ingest.addresses
         while True:
-            address = addresses[self._address_index % len(addresses)]
+            address = self._next_address()
             session = _Session(self, address)
             hint: float | None = None
             try:
@@ -106,6 +110,7 @@ class Shipper:
             except Exception:
                 log.exception("ingest stream to %s failed unexpectedly", address)
                 metrics.RECONNECTS.labels("internal").inc()
+            self._record(address, session.established)
             if session.established:
                 attempt = 0
             delay = backoff_delay(
@@ -116,6 +121,41 @@ class Shipper:
             self._address_index += 1
             log.info("reconnecting to ingest in %.2fs", delay)
             await asyncio.sleep(delay)
+
+    def _next_address(self) -> str:
+        """The next address in rotation whose breaker lets a call through.
+
+        When every breaker is open, the one due for a probe soonest is tried: the backoff
+        alone then paces the attempts, so a lone address is never waited on longer.
+        """
+        addresses = self.settings.ingest.addresses
+        for step in range(len(addresses)):
+            address = addresses[(self._address_index + step) % len(addresses)]
+            if self.breakers[address].allow():
+                self._address_index += step
+                return address
+        soonest = min(addresses, key=lambda a: self.breakers[a].seconds_until_probe())
+        self._address_index = addresses.index(soonest)
+        return soonest
+
+    def _record(self, address: str, established: bool) -> None:
+        breaker = self.breakers[address]
+        was_open = breaker.state is not BreakerState.CLOSED
+        if established:
+            breaker.record_success()
+        else:
+            breaker.record_failure()
+        is_open = breaker.state is not BreakerState.CLOSED
+        metrics.BREAKER_OPEN.labels(address).set(1 if is_open else 0)
+        if is_open and not was_open:
+            log.warning(
+                "ingest %s failed %d times in a row: out of rotation for %.0fs",
+                address,
+                breaker.failure_threshold,
+                breaker.open_s,
+            )
+        elif was_open and not is_open:
+            log.info("ingest %s answered again: back in rotation", address)
 
     def _lost(self, address: str, cause: str, detail: str) -> None:
         metrics.RECONNECTS.labels(cause).inc()

@@ -4,6 +4,11 @@ An event counts as accepted once its transaction committed (WAL, ``synchronous=F
 Batches are recorded when they are formed, so a batch re-sent after a RETRY ack, a
 reconnect or a restart keeps its ``batch_id`` and ``seq`` (storage's ledger relies on it).
 Every SQLite call runs on one dedicated thread, so the event loop never blocks on disk.
+
+When the byte quota is reached, inputs that can wait (TCP, files) retry until space frees;
+inputs that cannot (datagrams, polls) may, under the ``drop_lowest_severity`` policy, evict
+the least severe events not yet in a batch to make room for a more severe one. Events in a
+batch are never evicted: they may already be on the wire.
 """
 
 from __future__ import annotations
@@ -13,11 +18,12 @@ import contextlib
 import datetime as dt
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from edge_agent import metrics
 from gen.edgebot.v1 import event_pb2
@@ -34,7 +40,8 @@ CREATE TABLE IF NOT EXISTS events (
     appended_ns INTEGER NOT NULL,
     size INTEGER NOT NULL,
     data BLOB NOT NULL,
-    batch_id TEXT
+    batch_id TEXT,
+    level INTEGER NOT NULL DEFAULT 5
 );
 CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch_id, rowid);
 CREATE TABLE IF NOT EXISTS batches (
@@ -63,20 +70,54 @@ CREATE TABLE IF NOT EXISTS file_checkpoints (
     PRIMARY KEY (input, identity)
 );
 """
+# Added after the first release: spool files written before it lack the column.
+LEVEL_MIGRATION = "ALTER TABLE events ADD COLUMN level INTEGER NOT NULL DEFAULT 5"
+# The eviction order: least severe (highest syslog level) first, oldest first among equals.
+EVICTABLE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS events_evictable ON events (level DESC, rowid) "
+    "WHERE batch_id IS NULL"
+)
+VICTIM_QUERY = (
+    "SELECT rowid, size, level FROM events INDEXED BY events_evictable "
+    "WHERE batch_id IS NULL AND level > ? ORDER BY level DESC, rowid"
+)
 # EventBatch overhead beyond its events: ids, seq, flags (generous).
 BATCH_HEADER_BYTES = 256
+# Without a severity an event ranks as user.notice, the priority RFC 3164 gives a
+# message that carries none.
+UNSPECIFIED_LEVEL = 5
+OverflowPolicy = Literal["drop_newest", "drop_lowest_severity"]
+
+
+SEVERITY_NAMES = ("emergency", "alert", "critical", "error", "warning", "notice", "info", "debug")
+
+
+def severity_name(level: int) -> str:
+    return SEVERITY_NAMES[level] if 0 <= level < len(SEVERITY_NAMES) else str(level)
+
+
+def syslog_level(event: event_pb2.Event) -> int:
+    """The event's syslog level (0 emergency ... 7 debug); the enum is level + 1."""
+    return event.severity - 1 if event.severity else UNSPECIFIED_LEVEL
 
 
 @dataclass(frozen=True)
 class AppendResult:
-    """How many of the offered events were committed; the rest were refused (quota)."""
+    """How many of the offered events were committed; the rest were refused (quota).
+
+    ``evicted`` counts events committed earlier that were dropped to make room for more
+    severe ones. ``dropped_levels`` says how many of the refused and evicted events had
+    each syslog level.
+    """
 
     accepted: int
     refused: int
+    evicted: int = 0
+    dropped_levels: Mapping[int, int] = field(default_factory=dict)
 
     @property
     def spool_full(self) -> bool:
-        return self.refused > 0
+        return self.refused > 0 or self.evicted > 0
 
 
 @dataclass(frozen=True)
@@ -144,9 +185,12 @@ def encoded_size(size: int) -> int:
 
 
 class Spool:
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, overflow_policy: OverflowPolicy = "drop_newest"
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.overflow_policy: OverflowPolicy = overflow_policy
         self.appended = asyncio.Event()
         self.events = 0
         self.bytes = 0
@@ -176,11 +220,29 @@ class Spool:
     ) -> AppendResult:
         """Commit events in one transaction; those beyond the byte quota are refused.
 
-        ``checkpoints[i]``, when given, is the file position just after event ``i``: the
-        latest one per file among the accepted events is saved in the same transaction.
+        The accepted events are always a prefix of ``events``, so an input that waits can
+        offer the rest again. ``checkpoints[i]``, when given, is the file position just
+        after event ``i``: the latest one per file among the accepted events is saved in
+        the same transaction.
         """
-        rows = [(e.id, e.SerializeToString()) for e in events]
+        rows = [(e.id, syslog_level(e), e.SerializeToString()) for e in events]
         result = await self._run(lambda: self._append_sync(rows, checkpoints))
+        if result.accepted:
+            self.appended.set()
+        self._publish()
+        return result
+
+    async def offer(self, events: Sequence[event_pb2.Event]) -> AppendResult:
+        """Commit events from an input that cannot wait, applying the overflow policy.
+
+        Under ``drop_lowest_severity`` an event that does not fit evicts waiting events
+        strictly less severe than itself (least severe, then oldest, first); otherwise,
+        and under ``drop_newest``, it is refused.
+        """
+        if self.overflow_policy == "drop_newest":
+            return await self.append(events)
+        rows = [(e.id, syslog_level(e), e.SerializeToString()) for e in events]
+        result = await self._run(lambda: self._offer_evicting_sync(rows))
         if result.accepted:
             self.appended.set()
         self._publish()
@@ -269,26 +331,58 @@ class Spool:
             self._db = None
 
     def _append_sync(
-        self, rows: list[tuple[str, bytes]], checkpoints: Sequence[FileCheckpoint | None]
+        self, rows: list[_Row], checkpoints: Sequence[FileCheckpoint | None]
     ) -> AppendResult:
         room = self.max_bytes - self.bytes
-        accepted: list[tuple[str, int, int, bytes]] = []
+        accepted: list[tuple[str, int, int, bytes, int]] = []
         stamp = now_ns()
-        for event_id, data in rows:
+        for event_id, level, data in rows:
             if len(data) > room:
                 break
             room -= len(data)
-            accepted.append((event_id, stamp, len(data), data))
+            accepted.append((event_id, stamp, len(data), data, level))
         if accepted:
             with _transaction(self._conn) as conn:
-                conn.executemany(
-                    "INSERT INTO events (event_id, appended_ns, size, data) VALUES (?, ?, ?, ?)",
-                    accepted,
-                )
+                conn.executemany(INSERT_EVENT, accepted)
                 _upsert_checkpoints(conn, _latest_per_file(checkpoints[: len(accepted)]))
             self.events += len(accepted)
             self.bytes += sum(row[2] for row in accepted)
-        return AppendResult(accepted=len(accepted), refused=len(rows) - len(accepted))
+        refused = Counter(level for _, level, _ in rows[len(accepted) :])
+        return AppendResult(len(accepted), len(rows) - len(accepted), 0, dict(refused))
+
+    def _offer_evicting_sync(self, rows: list[_Row]) -> AppendResult:
+        room = self.max_bytes - self.bytes
+        stamp = now_ns()
+        ours: dict[int, int] = {}  # rowid -> size of the events this call inserted
+        freed = 0
+        refused: Counter[int] = Counter()
+        evicted: Counter[int] = Counter()
+        with _transaction(self._conn) as conn:
+            for event_id, level, data in rows:
+                victims = _victims(conn, level, len(data) - room)
+                if victims is None:
+                    refused[level] += 1
+                    continue
+                for rowid, size, victim_level in victims:
+                    conn.execute("DELETE FROM events WHERE rowid = ?", (rowid,))
+                    room += size
+                    if ours.pop(rowid, None) is None:
+                        freed += size
+                        evicted[victim_level] += 1
+                    else:
+                        refused[victim_level] += 1
+                cursor = conn.execute(INSERT_EVENT, (event_id, stamp, len(data), data, level))
+                assert cursor.lastrowid is not None
+                ours[cursor.lastrowid] = len(data)
+                room -= len(data)
+        self.events += len(ours) - sum(evicted.values())
+        self.bytes += sum(ours.values()) - freed
+        return AppendResult(
+            accepted=len(ours),
+            refused=sum(refused.values()),
+            evicted=sum(evicted.values()),
+            dropped_levels=dict(refused + evicted),
+        )
 
     def _waiting_sync(self, bound: int) -> Waiting:
         conn = self._conn
@@ -419,6 +513,36 @@ class Spool:
             )
 
 
+def _victims(
+    conn: sqlite3.Connection, level: int, shortfall: int
+) -> list[tuple[int, int, int]] | None:
+    """Waiting events less severe than ``level`` whose removal frees ``shortfall`` bytes.
+
+    Empty when nothing needs to go; None when even all of them would not free enough, so
+    that nothing is evicted in vain.
+    """
+    victims: list[tuple[int, int, int]] = []
+    if shortfall <= 0:
+        return victims
+    cursor = conn.execute(VICTIM_QUERY, (level,))
+    try:
+        for rowid, size, victim_level in cursor:
+            victims.append((rowid, size, victim_level))
+            shortfall -= size
+            if shortfall <= 0:
+                return victims
+    finally:
+        cursor.close()
+    return None
+
+
+_Row = tuple[str, int, bytes]
+"""An event to spool: its id, syslog level and serialized bytes."""
+INSERT_EVENT = (
+    "INSERT INTO events (event_id, appended_ns, size, data, level) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 def _started_key(input_name: str) -> str:
     return f"file_input_started:{input_name}"
 
@@ -453,6 +577,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         conn.executescript(SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        if "level" not in columns:
+            conn.execute(LEVEL_MIGRATION)
+        conn.execute(EVICTABLE_INDEX)
     except sqlite3.DatabaseError:
         conn.close()
         raise

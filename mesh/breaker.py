@@ -43,6 +43,12 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
+    def seconds_until_probe(self) -> float:
+        """0 while calls may go ahead; while open, the time left until the next probe."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self.open_s - (self._clock() - self._opened_at))
+
     def allow(self) -> bool:
         """Whether a call may go ahead now (counts a half-open probe)."""
         state = self.state

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from edge_agent import metrics
-from edge_agent.spool import AppendResult, FileCheckpoint, Spool
+from edge_agent.spool import AppendResult, FileCheckpoint, Spool, severity_name
 from gen.edgebot.v1 import event_pb2
 
 log = logging.getLogger(__name__)
@@ -35,17 +35,30 @@ class Input(abc.ABC):
 
 
 async def hand_to_spool(spool: Spool, events: Sequence[event_pb2.Event]) -> AppendResult:
-    """Commit events; what the spool refuses or fails to store is counted as dropped."""
+    """Commit events from an input that cannot wait; every event dropped is counted.
+
+    The spool's overflow policy decides what a full spool drops: the newcomers, or the
+    least severe waiting events (``evicted``) before any more severe newcomer.
+    """
     try:
-        result = await spool.append(events)
+        result = await spool.offer(events)
     except Exception:
         log.exception("spool append failed; %d events dropped", len(events))
         metrics.SPOOL_DROPPED.labels("error").inc(len(events))
         return AppendResult(accepted=0, refused=len(events))
     if result.spool_full:
-        metrics.SPOOL_DROPPED.labels("spool_full").inc(result.refused)
+        _count_overflow(result)
         _warn_full(spool)
     return result
+
+
+def _count_overflow(result: AppendResult) -> None:
+    if result.refused:
+        metrics.SPOOL_DROPPED.labels("spool_full").inc(result.refused)
+    if result.evicted:
+        metrics.SPOOL_DROPPED.labels("evicted").inc(result.evicted)
+    for level, count in result.dropped_levels.items():
+        metrics.SPOOL_DROPPED_BY_SEVERITY.labels(severity_name(level)).inc(count)
 
 
 def _warn_full(spool: Spool) -> None:
@@ -54,8 +67,10 @@ def _warn_full(spool: Spool) -> None:
     if now - _last_full_warning >= FULL_WARNING_INTERVAL_S:
         _last_full_warning = now
         log.warning(
-            "spool full (quota %d bytes): dropping new events, see edgebot_spool_dropped_total",
+            "spool full (quota %d bytes, policy %s): dropping events, "
+            "see edgebot_spool_dropped_total",
             spool.max_bytes,
+            spool.overflow_policy,
         )
 
 

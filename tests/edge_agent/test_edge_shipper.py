@@ -342,3 +342,83 @@ async def test_gzip_compresses_the_stream_when_asked(
     plain = await shipped_bytes(pki, tmp_path, servers, gzip=False)
     compressed = await shipped_bytes(pki, tmp_path, servers, gzip=True)
     assert compressed < plain / 5
+
+
+class CountingDeadEndpoint:
+    """A TCP port that accepts and at once closes every connection, counting them."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._refuse, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _refuse(self, _: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_breaker_keeps_a_dead_address_out_of_the_rotation(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    """Each time the live ingest drops the stream, fail-over would try the dead address
+    first; once its breaker is open (2 failures), it is skipped and no attempt reaches it."""
+    dead = CountingDeadEndpoint()
+    dead_address = await dead.start()
+    double = IngestDouble(limits(), ok)
+    live = await serve(pki, servers, double)
+    config = agent_config(
+        pki,
+        tmp_path,
+        [dead_address, live.address],
+        shipper={"breaker_failures": 2, "breaker_open_s": 60, "backoff_initial_s": 0.3},
+    )
+    delivered: list[event_pb2.Event] = []
+    async with Agent(config) as agent:
+        for round_number in range(5):
+            delivered += await agent.add(3, f"round {round_number}")
+            await eventually(lambda: agent.spool.events == 0, what="spool to empty")
+            attempts = dead.connections
+            await live.stop()
+            await live.start()
+            await eventually(
+                lambda: REGISTRY.get_sample_value("edgebot_shipper_connected") == 1,
+                what="reconnected",
+            )
+            if round_number >= 2:
+                assert dead.connections == attempts, "an open breaker let a call through"
+        open_gauge = REGISTRY.get_sample_value(
+            "edgebot_shipper_breaker_open", {"address": dead_address}
+        )
+    await dead.stop()
+    assert dead.connections >= 2
+    assert open_gauge == 1
+    assert set(double.store.counts) == {e.id for e in delivered}
+
+
+async def test_a_lone_address_with_an_open_breaker_is_still_retried_at_backoff_pace(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    double = IngestDouble(limits(), ok)
+    config = agent_config(
+        pki,
+        tmp_path,
+        [f"127.0.0.1:{port}"],
+        shipper={"breaker_failures": 1, "breaker_open_s": 600},
+    )
+    async with Agent(config) as agent:
+        events = await agent.add(4)
+        await asyncio.sleep(0.5)
+        await serve(pki, servers, double, port)
+        await eventually(lambda: agent.spool.events == 0, within=5, what="spool to empty")
+    assert set(double.store.counts) == {e.id for e in events}
