@@ -69,6 +69,12 @@ class SyslogUdpConfig(Section):
         description="Datagrams buffered while the spool is busy; beyond this they are "
         "dropped and counted (reason 'overflow').",
     )
+    max_tracked_sources: int = Field(
+        256,
+        ge=0,
+        description="Senders counted one by one in edgebot_input_source_messages_total; "
+        "later ones are counted together as 'other', so the metric stays bounded.",
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -138,6 +144,12 @@ class SyslogTcpConfig(Section):
         gt=0,
         le=60,
         description="While the spool is full reading pauses; it retries the commit this often.",
+    )
+    max_tracked_sources: int = Field(
+        256,
+        ge=0,
+        description="Senders counted one by one in edgebot_input_source_messages_total; "
+        "later ones are counted together as 'other', so the metric stays bounded.",
     )
     tls: SyslogTlsConfig = Field(default_factory=SyslogTlsConfig, description="TLS.")
 

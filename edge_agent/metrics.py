@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 MESSAGES_RECEIVED = Counter(
     "edgebot_messages_received_total",
     "Messages received by an input, before parsing and spooling.",
     ["input"],
+)
+SOURCE_MESSAGES = Counter(
+    "edgebot_input_source_messages_total",
+    "Messages received from each sending address (rate() gives per-source rates); past an "
+    "input's max_tracked_sources, further senders are counted as source 'other'.",
+    ["input", "source"],
 )
 SPOOL_DROPPED = Counter(
     "edgebot_spool_dropped_total",
@@ -124,3 +132,30 @@ INPUT_RECORDS_SKIPPED = Counter(
     "Records an input read but did not turn into events, by reason (e.g. max_events).",
     ["input", "reason"],
 )
+
+
+class SourceTally:
+    """Per-sender message counts of one input, with a bounded number of label values."""
+
+    OTHER = "other"
+
+    def __init__(self, input_name: str, max_sources: int) -> None:
+        self.input_name = input_name
+        self.max_sources = max_sources
+        self._counters: dict[str, Any] = {}
+
+    def count(self, source: str, messages: int = 1) -> None:
+        counter = self._counters.get(source)
+        if counter is None:
+            counter = self._counter_for(source)
+        counter.inc(messages)
+
+    def _counter_for(self, source: str) -> Any:
+        tracked = len(self._counters) - (self.OTHER in self._counters)
+        label = source if tracked < self.max_sources else self.OTHER
+        counter = SOURCE_MESSAGES.labels(self.input_name, label)
+        if label == source:
+            self._counters[source] = counter
+        else:
+            self._counters.setdefault(self.OTHER, counter)
+        return counter

@@ -123,6 +123,7 @@ class SyslogTcpInput(Input):
         self.name = name
         self.config = config
         self.source = f"{agent_id}/{name}"
+        self.senders = metrics.SourceTally(name, config.max_tracked_sources)
         self.zone = zoneinfo.ZoneInfo(config.timezone)
         self.transport_name = "tls" if config.tls.enabled else "tcp"
         self.ssl_context = (
@@ -217,6 +218,7 @@ class SyslogTcpInput(Input):
         if not frames:
             return
         metrics.MESSAGES_RECEIVED.labels(self.name).inc(len(frames))
+        self.senders.count(peer.ip, len(frames))
         for frame in frames:
             if frame.error is not None:
                 metrics.FRAMING_ERRORS.labels(self.name, frame.error).inc()

@@ -80,6 +80,7 @@ class SyslogUdpInput(Input):
         self.config = config
         self.spool = spool
         self.source = f"{agent_id}/{self.name}"
+        self.senders = metrics.SourceTally(self.name, config.max_tracked_sources)
         self.zone = zoneinfo.ZoneInfo(config.timezone)
         self.port: int | None = None
         self._pending: list[_Datagram] = []
@@ -116,6 +117,7 @@ class SyslogUdpInput(Input):
 
     def received(self, data: bytes, src_ip: str) -> None:
         metrics.MESSAGES_RECEIVED.labels(self.name).inc()
+        self.senders.count(src_ip)
         if len(self._pending) >= self.config.max_pending:
             metrics.SPOOL_DROPPED.labels("overflow").inc()
             return

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from edge_agent.config import SyslogUdpConfig
 from edge_agent.inputs.syslog_udp import SyslogUdpInput
+from edge_agent.metrics import SourceTally
 from edge_agent.spool import Spool
 from gen.edgebot.v1 import event_pb2
 from mesh.timeutil import NS_PER_S, ts_to_ns
@@ -175,3 +176,29 @@ async def test_oversized_datagram_is_truncated_and_marked(spool: Spool) -> None:
     await udp.stop()
     assert len(event.raw) == 100
     assert event.attributes["input.truncated"] == "true"
+
+
+def source_count(input_name: str, source: str) -> float:
+    sample = REGISTRY.get_sample_value(
+        "edgebot_input_source_messages_total", {"input": input_name, "source": source}
+    )
+    return sample or 0.0
+
+
+async def test_messages_are_counted_per_sender(udp_input: SyslogUdpInput, spool: Spool) -> None:
+    assert udp_input.port is not None
+    before = source_count("syslog_udp", "127.0.0.1")
+    for i in range(3):
+        await logger(udp_input.port, "--rfc3164", "-t", "rate", f"line {i}")
+    await spooled(spool, 3)
+    assert source_count("syslog_udp", "127.0.0.1") - before == 3
+
+
+def test_sender_labels_are_bounded() -> None:
+    tally = SourceTally("bounded_test", max_sources=2)
+    for sender in ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.1"]:
+        tally.count(sender)
+    assert source_count("bounded_test", "10.0.0.1") == 2
+    assert source_count("bounded_test", "10.0.0.2") == 1
+    assert source_count("bounded_test", "10.0.0.3") == 0
+    assert source_count("bounded_test", "other") == 2
