@@ -332,7 +332,19 @@ class ShipperSection(Section):
         "(a LAN is not).",
     )
     batch_max_events: int = Field(
-        500, ge=1, description="Events per batch at most (also capped by the server's limit)."
+        500,
+        ge=1,
+        description="Events per batch at most (also capped by the server's limit); with "
+        "adaptive_batching, the size batches start at and shrink back to.",
+    )
+    adaptive_batching: bool = Field(
+        True,
+        description="Grow batches (doubling, up to adaptive_max_events and the server's "
+        "limit) while a backlog waits behind full batches, and halve them again when "
+        "batches leave half empty: big batches under load, low latency when quiet.",
+    )
+    adaptive_max_events: int = Field(
+        5000, ge=1, description="Largest batch adaptive batching grows to."
     )
     batch_max_wait_s: float = Field(
         1.0, ge=0, description="A partial batch is sent once its oldest event waited this long."

@@ -56,6 +56,10 @@ BREAKER_OPEN = Gauge(
     "1 while an ingest address's circuit breaker keeps it out of the fail-over rotation.",
     ["address"],
 )
+BATCH_TARGET = Gauge(
+    "edgebot_shipper_batch_target_events",
+    "Events the shipper currently puts in a full batch (moves with adaptive batching).",
+)
 CONNECTED = Gauge("edgebot_shipper_connected", "1 while a stream to ingest is established.")
 RECONNECTS = Counter(
     "edgebot_shipper_reconnects_total", "Failed or ended ingest streams, by cause.", ["cause"]

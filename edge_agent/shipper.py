@@ -50,6 +50,28 @@ def backoff_delay(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+class BatchSizer:
+    """How many events the next full batch holds.
+
+    With adaptive batching the size doubles (up to ``ceiling``) while more than a full
+    batch still waits behind a full one, and halves (down to ``floor``) when a batch leaves
+    on time less than half full.
+    """
+
+    def __init__(self, floor: int, ceiling: int, adaptive: bool) -> None:
+        self.floor = floor
+        self.ceiling = max(floor, ceiling) if adaptive else floor
+        self.target = floor
+        metrics.BATCH_TARGET.set(self.target)
+
+    def formed(self, size: int, backlog_after: int, on_time: bool) -> None:
+        if not on_time and backlog_after >= self.target:
+            self.target = min(self.ceiling, self.target * 2)
+        elif on_time and size < self.target // 2:
+            self.target = max(self.floor, self.target // 2)
+        metrics.BATCH_TARGET.set(self.target)
+
+
 class Shipper:
     def __init__(self, config: AgentConfig, spool: Spool) -> None:
         self.agent_id = config.agent.id
@@ -218,9 +240,11 @@ class _Stream:
         self.settings = shipper.settings
         self.call = call
         self.slots = asyncio.Semaphore(limits.max_unacked_batches or self.settings.max_in_flight)
-        self.max_events = min(
-            self.settings.batch_max_events,
-            limits.max_events_per_batch or self.settings.batch_max_events,
+        server_max = limits.max_events_per_batch or self.settings.adaptive_max_events
+        self.sizer = BatchSizer(
+            floor=min(self.settings.batch_max_events, server_max),
+            ceiling=min(self.settings.adaptive_max_events, server_max),
+            adaptive=self.settings.adaptive_batching,
         )
         self.max_bytes = limits.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES
         self.in_flight: dict[str, SpooledBatch] = {}
@@ -255,14 +279,18 @@ class _Stream:
         max_wait_ns = int(self.settings.batch_max_wait_s * NS_PER_S)
         while True:
             self.spool.appended.clear()
-            waiting = await self.spool.waiting(self.max_events)
+            target = self.sizer.target
+            # Counting past one batch tells whether a backlog waits behind it.
+            waiting = await self.spool.waiting(2 * target)
             timeout: float | None = None
             if waiting.oldest_appended_ns is not None:
                 age_ns = now_ns() - waiting.oldest_appended_ns
-                ready = waiting.count >= self.max_events or age_ns >= max_wait_ns
-                if ready or self.shipper.draining:
-                    batch = await self.spool.form_batch(self.max_events, self.max_bytes)
+                full = waiting.count >= target
+                if full or age_ns >= max_wait_ns or self.shipper.draining:
+                    batch = await self.spool.form_batch(target, self.max_bytes)
                     if batch is not None:
+                        backlog = waiting.count - len(batch.events)
+                        self.sizer.formed(len(batch.events), backlog, on_time=not full)
                         return batch
                     continue
                 timeout = (max_wait_ns - age_ns) / NS_PER_S

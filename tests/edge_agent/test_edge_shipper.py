@@ -23,9 +23,12 @@ from prometheus_client import REGISTRY
 from support import Pki
 
 from edge_agent.config import AgentConfig
-from edge_agent.shipper import Shipper, backoff_delay
+from edge_agent.shipper import BatchSizer, Shipper, backoff_delay
 from edge_agent.spool import Spool
 from gen.edgebot.v1 import event_pb2, ingest_pb2
+
+# Tests that count batches keep their size fixed.
+FIXED_SIZE = {"batch_max_events": 10, "adaptive_batching": False}
 
 
 class Agent:
@@ -104,7 +107,7 @@ async def test_retry_ack_resends_same_batch_once_stored(
 
     double = IngestDouble(limits(window=2), retry_first)
     server = await serve(pki, servers, double)
-    config = agent_config(pki, tmp_path, [server.address], shipper={"batch_max_events": 10})
+    config = agent_config(pki, tmp_path, [server.address], shipper=FIXED_SIZE)
     async with Agent(config) as agent:
         events = await agent.add(25)
         await eventually(lambda: agent.spool.events == 0, what="spool to empty")
@@ -136,7 +139,7 @@ async def test_server_restart_mid_stream_resends_unacked_batches(
 
     first = IngestDouble(limits(window=4), ack_two_then_hold)
     server = await serve(pki, servers, first)
-    config = agent_config(pki, tmp_path, [server.address], shipper={"batch_max_events": 10})
+    config = agent_config(pki, tmp_path, [server.address], shipper=FIXED_SIZE)
     async with Agent(config) as agent:
         events = await agent.add(100)
         await eventually(lambda: len(held) == 4, what="a full window of un-acked batches")
@@ -422,3 +425,46 @@ async def test_a_lone_address_with_an_open_breaker_is_still_retried_at_backoff_p
         await serve(pki, servers, double, port)
         await eventually(lambda: agent.spool.events == 0, within=5, what="spool to empty")
     assert set(double.store.counts) == {e.id for e in events}
+
+
+def test_batch_sizer_grows_under_backlog_and_shrinks_when_quiet() -> None:
+    sizer = BatchSizer(floor=100, ceiling=1000, adaptive=True)
+    for expected in (200, 400, 800, 1000, 1000):
+        sizer.formed(size=sizer.target, backlog_after=5000, on_time=False)
+        assert sizer.target == expected
+    sizer.formed(size=1000, backlog_after=10, on_time=False)
+    assert sizer.target == 1000, "a full batch with no backlog behind it keeps the size"
+    sizer.formed(size=600, backlog_after=0, on_time=True)
+    assert sizer.target == 1000, "a batch over half full keeps the size"
+    for expected in (500, 250, 125, 100, 100):
+        sizer.formed(size=3, backlog_after=0, on_time=True)
+        assert sizer.target == expected
+    fixed = BatchSizer(floor=100, ceiling=1000, adaptive=False)
+    fixed.formed(size=100, backlog_after=5000, on_time=False)
+    assert fixed.target == 100
+
+
+async def test_adaptive_batches_grow_with_a_backlog_then_shrink_when_quiet(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    double = IngestDouble(limits(window=2, max_events=1600), ok)
+    server = await serve(pki, servers, double)
+    config = agent_config(
+        pki,
+        tmp_path,
+        [server.address],
+        shipper={"batch_max_events": 100, "adaptive_max_events": 5000, "batch_max_wait_s": 0.05},
+    )
+    async with Agent(config) as agent:
+        backlog = await agent.add(12_000, "backlog")
+        await eventually(lambda: agent.spool.events == 0, what="backlog drained")
+        sizes = [len(b.events) for b in double.batches]
+        assert sizes[:5] == [100, 200, 400, 800, 1600]
+        assert max(sizes) == 1600, "capped by the server's max_events_per_batch"
+        quiet: list[event_pb2.Event] = []
+        for _ in range(12):
+            quiet += await agent.add(2, "quiet")
+            await eventually(lambda: agent.spool.events == 0, what="quiet events shipped")
+        assert REGISTRY.get_sample_value("edgebot_shipper_batch_target_events") == 100
+    assert set(double.store.counts) == {e.id for e in backlog + quiet}
+    assert max(double.store.counts.values()) == 1
