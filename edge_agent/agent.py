@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from edge_agent.config import AgentConfig
+from edge_agent.file_output import BatchFileWriter
 from edge_agent.inputs.base import Input
 from edge_agent.inputs.file_tail import FileTailInput
 from edge_agent.inputs.http_poll import HttpPollInput
@@ -13,7 +15,7 @@ from edge_agent.inputs.nmea import NmeaInput
 from edge_agent.inputs.snmp import SnmpInput
 from edge_agent.inputs.syslog_tcp import SyslogTcpInput
 from edge_agent.inputs.syslog_udp import SyslogUdpInput
-from edge_agent.shipper import Shipper
+from edge_agent.shipper import FileShipper, Shipper, SpoolConsumer
 from edge_agent.spool import Spool
 from mesh import AccessPolicy, ServiceRuntime
 
@@ -26,7 +28,12 @@ class AgentApp:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.overflow_policy)
-        self.shipper = Shipper(config, self.spool)
+        self.files = (
+            BatchFileWriter(config.file_output, config.agent.id)
+            if config.file_output.enabled
+            else None
+        )
+        self.shipper = _consumer(config, self.spool, self.files)
         self.inputs = _inputs(config, self.spool)
         self.runtime = ServiceRuntime(
             name="agent",
@@ -38,6 +45,8 @@ class AgentApp:
 
     async def open(self) -> None:
         await self.spool.open()
+        if self.files is not None:
+            await asyncio.to_thread(self.files.open)
         self.shipper.start()
         for source in self.inputs:
             await source.start()
@@ -54,7 +63,16 @@ class AgentApp:
             except Exception:
                 log.exception("input %s failed to stop cleanly", source.name)
         await self.shipper.stop(self.config.server.grace_period_s)
+        if self.files is not None:
+            await asyncio.to_thread(self.files.close)
         await self.spool.close()
+
+
+def _consumer(config: AgentConfig, spool: Spool, files: BatchFileWriter | None) -> SpoolConsumer:
+    """Who empties the spool: the stream to ingest (with a file copy), or only the files."""
+    if files is not None and config.file_output.mode == "instead":
+        return FileShipper(config, spool, files)
+    return Shipper(config, spool, archive=files)
 
 
 def _inputs(config: AgentConfig, spool: Spool) -> list[Input]:

@@ -378,10 +378,35 @@ class ShipperSection(Section):
         return value
 
 
+class FileOutputSection(Section):
+    """Batches written to rotating gzip JSON Lines files, for sites with no link home."""
+
+    enabled: bool = Field(False, description="Write spooled batches to files.")
+    mode: Literal["alongside", "instead"] = Field(
+        "alongside",
+        description="'alongside': a copy of every batch is written before it is streamed, "
+        "and the ingest ack still decides when it leaves the spool; 'instead': no stream, "
+        "a batch leaves the spool once its file write is fsynced (ship the files later "
+        "with `edgebot replay`).",
+    )
+    directory: Path = Field(Path("edgebot-outbox"), description="Where the files are written.")
+    max_file_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=4096,
+        description="A file is closed and a new one started once it reaches this compressed size.",
+    )
+    rotate_interval_s: float = Field(
+        3600.0, gt=0, description="A file is also closed once it has been open this long."
+    )
+
+
 class AgentConfig(ServiceConfig):
     agent: AgentSection = Field(default_factory=AgentSection, description="Identity.")
     inputs: InputsSection = Field(default_factory=InputsSection, description="Inputs.")
     spool: SpoolSection = Field(default_factory=SpoolSection, description="Durable spool.")
     shipper: ShipperSection = Field(
         default_factory=ShipperSection, description="Streaming to IngestService."
+    )
+    file_output: FileOutputSection = Field(
+        default_factory=FileOutputSection, description="Batches to local files."
     )

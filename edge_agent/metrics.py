@@ -137,6 +137,20 @@ INPUT_RECORDS_SKIPPED = Counter(
     ["input", "reason"],
 )
 
+FILE_OUTPUT_BATCHES = Counter(
+    "edgebot_file_output_batches_total", "Batches written whole and fsynced by the file output."
+)
+FILE_OUTPUT_EVENTS = Counter(
+    "edgebot_file_output_events_total", "Events written by the file output."
+)
+FILE_OUTPUT_FILES = Counter(
+    "edgebot_file_output_files_total", "Output files closed (rotated or at shutdown)."
+)
+FILE_OUTPUT_ERRORS = Counter(
+    "edgebot_file_output_errors_total",
+    "Batch writes the file output failed (the batch stays spooled and is written again).",
+)
+
 
 class SourceTally:
     """Per-sender message counts of one input, with a bounded number of label values."""

@@ -15,11 +15,13 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
 from edge_agent import metrics
 from edge_agent.config import AgentConfig
+from edge_agent.file_output import BatchFileWriter, FileOutputError
 from edge_agent.spool import Spool, SpooledBatch
 from gen.edgebot.v1 import ingest_pb2, ingest_pb2_grpc
 from mesh.breaker import BreakerState, CircuitBreaker
@@ -72,27 +74,70 @@ class BatchSizer:
         metrics.BATCH_TARGET.set(self.target)
 
 
-class Shipper:
-    def __init__(self, config: AgentConfig, spool: Spool) -> None:
-        self.agent_id = config.agent.id
-        self.tls = config.tls
-        self.settings = config.shipper
+async def next_batch(
+    spool: Spool,
+    sizer: BatchSizer,
+    max_bytes: int,
+    max_wait_s: float,
+    draining: Callable[[], bool],
+) -> SpooledBatch:
+    """Wait until a full batch is spooled, or the oldest waiting event waited long enough."""
+    max_wait_ns = int(max_wait_s * NS_PER_S)
+    while True:
+        spool.appended.clear()
+        target = sizer.target
+        # Counting past one batch tells whether a backlog waits behind it.
+        waiting = await spool.waiting(2 * target)
+        timeout: float | None = None
+        if waiting.oldest_appended_ns is not None:
+            age_ns = now_ns() - waiting.oldest_appended_ns
+            full = waiting.count >= target
+            if full or age_ns >= max_wait_ns or draining():
+                batch = await spool.form_batch(target, max_bytes)
+                if batch is not None:
+                    backlog = waiting.count - len(batch.events)
+                    sizer.formed(len(batch.events), backlog, on_time=not full)
+                    return batch
+                continue
+            timeout = (max_wait_ns - age_ns) / NS_PER_S
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await spool.appended.wait()
+
+
+@dataclass
+class ShipStats:
+    """What acks said since the shipper started."""
+
+    batches_acked: int = 0
+    events_accepted: int = 0
+    events_duplicate: int = 0
+    events_rejected: int = 0
+
+    def count(self, ack: ingest_pb2.BatchAck) -> None:
+        self.batches_acked += 1
+        self.events_accepted += ack.accepted
+        self.events_duplicate += ack.duplicates
+        self.events_rejected += ack.rejected
+
+
+class SpoolConsumer:
+    """What the agent drives to empty its spool: start, and stop after a drain grace."""
+
+    def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self.hostname = socket.gethostname()
         self.draining = False
         self.progress = asyncio.Event()
-        self._address_index = 0
-        self.breakers = {
-            address: CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_open_s)
-            for address in self.settings.ingest.addresses
-        }
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="shipper")
+        self._task = asyncio.create_task(self._run(), name=type(self).__name__.lower())
+
+    async def _run(self) -> None:
+        raise NotImplementedError
 
     async def stop(self, grace_s: float) -> None:
-        """Send what is spooled for up to ``grace_s``, then stop; the rest stays spooled."""
+        """Ship what is spooled for up to ``grace_s``, then stop; the rest stays spooled."""
         self.draining = True
         self.spool.appended.set()
         try:
@@ -100,7 +145,8 @@ class Shipper:
                 await self._drained()
         except TimeoutError:
             log.warning(
-                "shipper stopping with %d events still spooled (grace %.1fs)",
+                "%s stopping with %d events still spooled (grace %.1fs)",
+                type(self).__name__,
                 self.spool.events,
                 grace_s,
             )
@@ -114,6 +160,72 @@ class Shipper:
         while self.spool.events > 0:
             self.progress.clear()
             await self.progress.wait()
+
+
+class FileShipper(SpoolConsumer):
+    """Ships to files only: a batch leaves the spool once its write is fsynced."""
+
+    def __init__(self, config: AgentConfig, spool: Spool, writer: BatchFileWriter) -> None:
+        super().__init__(spool)
+        self.settings = config.shipper
+        self.writer = writer
+        self.sizer = BatchSizer(
+            self.settings.batch_max_events,
+            self.settings.adaptive_max_events,
+            self.settings.adaptive_batching,
+        )
+
+    async def _run(self) -> None:
+        attempt = 0
+        pending = await self.spool.pending_batches()
+        while True:
+            batch = pending.pop(0) if pending else await self._next()
+            while not await self._write(batch):
+                delay = backoff_delay(
+                    attempt, self.settings.backoff_initial_s, self.settings.backoff_max_s
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+            attempt = 0
+            await self.spool.ack(batch.batch_id)
+            metrics.LAST_SHIP.set(time.time())
+            self.progress.set()
+
+    async def _next(self) -> SpooledBatch:
+        return await next_batch(
+            self.spool,
+            self.sizer,
+            DEFAULT_MAX_BATCH_BYTES,
+            self.settings.batch_max_wait_s,
+            lambda: self.draining,
+        )
+
+    async def _write(self, batch: SpooledBatch) -> bool:
+        try:
+            await asyncio.to_thread(self.writer.write, batch)
+        except FileOutputError as error:
+            log.error("batch %s not written, it stays spooled: %s", batch.batch_id, error)
+            return False
+        return True
+
+
+class Shipper(SpoolConsumer):
+    def __init__(
+        self, config: AgentConfig, spool: Spool, archive: BatchFileWriter | None = None
+    ) -> None:
+        super().__init__(spool)
+        self.agent_id = config.agent.id
+        self.tls = config.tls
+        self.settings = config.shipper
+        self.hostname = socket.gethostname()
+        self.archive = archive
+        self.archived: set[str] = set()
+        self.stats = ShipStats()
+        self._address_index = 0
+        self.breakers = {
+            address: CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_open_s)
+            for address in self.settings.ingest.addresses
+        }
 
     async def _run(self) -> None:
         attempt = 0
@@ -143,6 +255,21 @@ class Shipper:
             self._address_index += 1
             log.info("reconnecting to ingest in %.2fs", delay)
             await asyncio.sleep(delay)
+
+    async def copy_to_archive(self, batch: SpooledBatch) -> None:
+        """Alongside mode: write each batch once per process to the file output.
+
+        A failed copy is logged and counted; the stream, not the copy, decides when the
+        batch leaves the spool.
+        """
+        if self.archive is None or batch.batch_id in self.archived:
+            return
+        try:
+            await asyncio.to_thread(self.archive.write, batch)
+        except FileOutputError as error:
+            log.error("batch %s: no file copy: %s", batch.batch_id, error)
+            return
+        self.archived.add(batch.batch_id)
 
     def _next_address(self) -> str:
         """The next address in rotation whose breaker lets a call through.
@@ -275,33 +402,19 @@ class _Stream:
             await self._send(batch, retry_reason=None)
 
     async def _next_batch(self) -> SpooledBatch:
-        """Wait until a full batch is spooled, or the oldest waiting event waited long enough."""
-        max_wait_ns = int(self.settings.batch_max_wait_s * NS_PER_S)
-        while True:
-            self.spool.appended.clear()
-            target = self.sizer.target
-            # Counting past one batch tells whether a backlog waits behind it.
-            waiting = await self.spool.waiting(2 * target)
-            timeout: float | None = None
-            if waiting.oldest_appended_ns is not None:
-                age_ns = now_ns() - waiting.oldest_appended_ns
-                full = waiting.count >= target
-                if full or age_ns >= max_wait_ns or self.shipper.draining:
-                    batch = await self.spool.form_batch(target, self.max_bytes)
-                    if batch is not None:
-                        backlog = waiting.count - len(batch.events)
-                        self.sizer.formed(len(batch.events), backlog, on_time=not full)
-                        return batch
-                    continue
-                timeout = (max_wait_ns - age_ns) / NS_PER_S
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.spool.appended.wait()
+        return await next_batch(
+            self.spool,
+            self.sizer,
+            self.max_bytes,
+            self.settings.batch_max_wait_s,
+            lambda: self.shipper.draining,
+        )
 
     async def _send(self, batch: SpooledBatch, retry_reason: str | None) -> None:
         self.in_flight[batch.batch_id] = batch
         proto = batch.to_proto(self.shipper.agent_id, is_retry=retry_reason is not None)
         async with self.write_lock:
+            await self.shipper.copy_to_archive(batch)
             await self.call.write(ingest_pb2.StreamRequest(batch=proto))
         metrics.BATCHES_SENT.inc()
         if retry_reason is not None:
@@ -334,6 +447,7 @@ class _Stream:
         else:
             self._retry_later(batch, ack)
             return
+        self.shipper.stats.count(ack)
         del self.in_flight[batch.batch_id]
         self.slots.release()
         metrics.LAST_SHIP.set(time.time())

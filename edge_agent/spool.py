@@ -248,6 +248,19 @@ class Spool:
         self._publish()
         return result
 
+    async def import_batch(
+        self, batch_id: str, seq: int, events: Sequence[event_pb2.Event]
+    ) -> bool:
+        """Add an already formed batch (a replayed one) keeping its id and seq.
+
+        The quota does not apply: the events exist on disk already. False when the spool
+        holds that batch id (a resumed replay) and nothing was added.
+        """
+        rows = [(e.id, syslog_level(e), e.SerializeToString()) for e in events]
+        added = await self._run(lambda: self._import_sync(batch_id, seq, rows))
+        self._publish()
+        return added
+
     async def waiting(self, bound: int) -> Waiting:
         return await self._run(lambda: self._waiting_sync(bound))
 
@@ -383,6 +396,24 @@ class Spool:
             evicted=sum(evicted.values()),
             dropped_levels=dict(refused + evicted),
         )
+
+    def _import_sync(self, batch_id: str, seq: int, rows: list[_Row]) -> bool:
+        stamp = now_ns()
+        with _transaction(self._conn) as conn:
+            added = conn.execute(
+                "INSERT OR IGNORE INTO batches (batch_id, seq, formed_ns) VALUES (?, ?, ?)",
+                (batch_id, seq, stamp),
+            ).rowcount
+            if not added:
+                return False
+            conn.executemany(
+                "INSERT INTO events (event_id, appended_ns, size, data, level, batch_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(event_id, stamp, len(data), data, lvl, batch_id) for event_id, lvl, data in rows],
+            )
+        self.events += len(rows)
+        self.bytes += sum(len(data) for _, _, data in rows)
+        return True
 
     def _waiting_sync(self, bound: int) -> Waiting:
         conn = self._conn

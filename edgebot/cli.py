@@ -9,7 +9,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edgebot import __version__, certs, config_check, events, health, train
+from edgebot import __version__, certs, config_check, events, health, replay, train
 from edgebot.layout import DEFAULT_AGENT_ID, DEFAULT_PORT_BASE, DEFAULT_SYSLOG_PORT, StateDir
 
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_parser(subparsers)
     config_check.add_parser(subparsers)
     train.add_parser(subparsers)
+    replay.add_parser(subparsers)
     return parser
 
 
