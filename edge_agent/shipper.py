@@ -18,18 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry import trace
 
 from edge_agent import metrics
 from edge_agent.config import AgentConfig
 from edge_agent.file_output import BatchFileWriter, FileOutputError
 from edge_agent.spool import Spool, SpooledBatch
 from gen.edgebot.v1 import ingest_pb2, ingest_pb2_grpc
+from mesh import tracing
 from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.channel import open_channel
 from mesh.errors import retry_delay_s
 from mesh.timeutil import NS_PER_S, now_ns
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer("edgebot.agent")
 
 AGENT_VERSION = "0.1.0"
 # Used when the server advertises no byte limit; ingest's own default is 8 MiB.
@@ -375,6 +378,7 @@ class _Stream:
         )
         self.max_bytes = limits.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES
         self.in_flight: dict[str, SpooledBatch] = {}
+        self.spans: dict[str, trace.Span] = {}
         self.write_lock = asyncio.Lock()
         self.retries: set[asyncio.Task[None]] = set()
 
@@ -389,6 +393,7 @@ class _Stream:
             for task in [*tasks, *self.retries]:
                 task.cancel()
             await asyncio.gather(*tasks, *self.retries, return_exceptions=True)
+            self.end_spans("stream_lost")
         for task in done:
             task.result()
 
@@ -413,12 +418,42 @@ class _Stream:
     async def _send(self, batch: SpooledBatch, retry_reason: str | None) -> None:
         self.in_flight[batch.batch_id] = batch
         proto = batch.to_proto(self.shipper.agent_id, is_retry=retry_reason is not None)
+        proto.trace_context.update(self._start_span(batch, retry_reason))
         async with self.write_lock:
             await self.shipper.copy_to_archive(batch)
             await self.call.write(ingest_pb2.StreamRequest(batch=proto))
         metrics.BATCHES_SENT.inc()
         if retry_reason is not None:
             metrics.BATCHES_RETRIED.labels(retry_reason).inc()
+
+    def _start_span(self, batch: SpooledBatch, retry_reason: str | None) -> dict[str, str]:
+        """A span from this send to its ack; the batch carries it so ingest continues it."""
+        self._end_span(batch.batch_id, "resent")
+        span = tracer.start_span(
+            "agent.batch",
+            attributes={
+                "edgebot.batch_id": batch.batch_id,
+                "edgebot.seq": batch.seq,
+                "edgebot.events": len(batch.events),
+                "edgebot.is_retry": retry_reason is not None,
+                "edgebot.retry_reason": retry_reason or "",
+            },
+        )
+        self.spans[batch.batch_id] = span
+        return tracing.span_carrier(span)
+
+    def _end_span(self, batch_id: str, outcome: str) -> None:
+        span = self.spans.pop(batch_id, None)
+        if span is None:
+            return
+        span.set_attribute("edgebot.ack_status", outcome)
+        if outcome not in ("ok", "partial"):
+            span.set_status(trace.Status(trace.StatusCode.ERROR, outcome))
+        span.end()
+
+    def end_spans(self, outcome: str) -> None:
+        for batch_id in list(self.spans):
+            self._end_span(batch_id, outcome)
 
     async def _read_loop(self) -> None:
         while True:
@@ -437,6 +472,7 @@ class _Stream:
             return
         status = _STATUS_NAMES.get(ack.status, str(ack.status))
         metrics.BATCHES_ACKED.labels(status).inc()
+        self._end_span(batch.batch_id, status)
         if ack.status == ingest_pb2.ACK_STATUS_OK:
             await self.spool.ack(batch.batch_id)
         elif ack.status == ingest_pb2.ACK_STATUS_PARTIAL:

@@ -64,3 +64,10 @@ def inject_metadata(
     PROPAGATOR.inject(carrier)
     kept = [(k, v) for k, v in metadata or () if k not in _TRACE_KEYS]
     return kept + list(carrier.items())
+
+
+def span_carrier(span: trace.Span) -> dict[str, str]:
+    """The W3C traceparent/tracestate naming ``span``, for a message that carries its trace."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
