@@ -14,6 +14,7 @@ from support import Pki
 
 from edge_agent import AgentApp, AgentConfig, build
 from edge_agent.inputs.netflow import NetflowInput
+from edge_agent.inputs.syslog_udp import SyslogUdpInput
 from mesh.app import running
 from mesh.config import ConfigError, load_config
 from mesh.tls import channel_credentials
@@ -31,7 +32,8 @@ async def test_syslog_reaches_ingest_and_health_serves(pki: Pki, tmp_path: Path)
     try:
         async with running(build(config)) as app:
             assert isinstance(app, AgentApp)
-            (udp,) = app.inputs
+            udp = app.inputs["syslog_udp"]
+            assert isinstance(udp, SyslogUdpInput)
             for i in range(3):
                 process = await asyncio.create_subprocess_exec(
                     "logger", "-n", "127.0.0.1", "-P", str(udp.port), "-d", "-t", "app", f"n{i}"
@@ -107,9 +109,9 @@ async def test_polling_and_device_inputs_are_wired(pki: Pki, tmp_path: Path) -> 
     try:
         async with running(build(config)) as app:
             assert isinstance(app, AgentApp)
-            names = [source.name for source in app.inputs]
-            assert names == ["snmp:r1", "netflow", "nmea:boat", "http:weather"]
-            netflow = app.inputs[1]
+            assert list(app.inputs) == ["snmp:r1", "netflow", "nmea:boat", "http:weather"]
+            assert [source.name for source in app.inputs.values()] == list(app.inputs)
+            netflow = app.inputs["netflow"]
             assert isinstance(netflow, NetflowInput)
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
                 asyncio.DatagramProtocol, remote_addr=("127.0.0.1", netflow.port)
@@ -122,3 +124,70 @@ async def test_polling_and_device_inputs_are_wired(pki: Pki, tmp_path: Path) -> 
         assert flow.message == "udp 10.0.0.1:5000 -> 10.0.0.2:53 2 packets 120 bytes"
     finally:
         await server.stop()
+
+
+async def udp_line(port: int | None, message: str) -> None:
+    assert port is not None
+    process = await asyncio.create_subprocess_exec(
+        "logger", "-n", "127.0.0.1", "-P", str(port), "-d", "-t", "app", message
+    )
+    assert await process.wait() == 0
+
+
+def messages(double: IngestDouble) -> list[str]:
+    return sorted(e.message for b in double.batches for e in b.events)
+
+
+async def test_reload_restarts_only_changed_inputs_and_keeps_the_stream(
+    pki: Pki, tmp_path: Path
+) -> None:
+    double = IngestDouble(limits(), ok)
+    server = await IngestServer(pki, double).start()
+    log_file = tmp_path / "app.log"
+    log_file.write_text("")
+    udp_settings = {"host": "127.0.0.1", "port": 0}
+    first = agent_config(pki, tmp_path, [server.address], inputs={"syslog_udp": udp_settings})
+    try:
+        async with running(build(first)) as app:
+            assert isinstance(app, AgentApp)
+            udp = app.inputs["syslog_udp"]
+            assert isinstance(udp, SyslogUdpInput)
+            await udp_line(udp.port, "before reload")
+            await eventually(lambda: len(double.store.counts) == 1, what="the first line")
+
+            files = [{"name": "app", "paths": [str(log_file)], "poll_interval_s": 0.05}]
+            second = agent_config(
+                pki, tmp_path, [server.address],
+                inputs={"syslog_udp": udp_settings, "files": files},
+                spool={"max_bytes": 1 << 20}, shipper={"batch_max_events": 50},
+            )  # fmt: skip
+            await app.reload(second)
+
+            assert app.inputs["syslog_udp"] is udp, "an unchanged input keeps running"
+            assert list(app.inputs) == ["syslog_udp", "file:app"]
+            assert app.spool.max_bytes == 1 << 20
+            with log_file.open("a") as writer:
+                writer.write("from the new file input\n")
+            await udp_line(udp.port, "after reload")
+            await eventually(lambda: len(double.store.counts) == 3, what="both new lines")
+            assert len(double.hellos) == 1, "the ingest stream was not dropped"
+
+            moved = second.model_copy(
+                update={
+                    "agent": second.agent.model_copy(update={"id": "site-b"}),
+                    "spool": second.spool.model_copy(update={"path": tmp_path / "elsewhere.db"}),
+                }
+            )
+            with pytest.raises(ConfigError, match=r"agent, spool.path: cannot change"):
+                await app.reload(moved)
+            assert app.config is second
+            assert list(app.inputs) == ["syslog_udp", "file:app"]
+
+            third = agent_config(
+                pki, tmp_path, [server.address], inputs={"syslog_udp": udp_settings}
+            )
+            await app.reload(third)
+            assert list(app.inputs) == ["syslog_udp"]
+    finally:
+        await server.stop()
+    assert messages(double) == ["after reload", "before reload", "from the new file input"]

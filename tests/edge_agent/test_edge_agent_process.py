@@ -144,3 +144,50 @@ def test_agent_refuses_tls_listener_without_certificate(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "inputs.syslog_tls.tls: Value error, cert_file: file not found" in result.stderr
+
+
+async def test_sighup_reloads_the_agent_and_refuses_a_bad_config(pki: Pki, tmp_path: Path) -> None:
+    double = IngestDouble(limits(), ok)
+    server = await IngestServer(pki, double).start()
+    tcp_port = free_tcp_port()
+    log_file = tmp_path / "app.log"
+    log_file.write_text("")
+    tcp = {"enabled": True, "host": "127.0.0.1", "port": tcp_port}
+    config = agent_config(
+        pki,
+        tmp_path,
+        [server.address],
+        inputs={"syslog_udp": {"enabled": False}, "syslog_tcp": tcp},
+    )
+    config_path = tmp_path / "edge.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    agent_log = tmp_path / "agent.log"
+    agent = start_agent(config_path, agent_log)
+    try:
+        await wait_listening(tcp_port, agent, agent_log)
+        files = [{"name": "app", "paths": [str(log_file)], "poll_interval_s": 0.05}]
+        grown = config.model_dump(mode="json")
+        grown["inputs"]["files"] = files
+        config_path.write_text(yaml.safe_dump(grown))
+        agent.send_signal(signal.SIGHUP)
+        await eventually(lambda: "edge agent reloaded" in agent_log.read_text(), within=10)
+        with log_file.open("a") as writer:
+            writer.write("seen after SIGHUP\n")
+        await eventually(
+            lambda: [e.message for e in stored(double)] == ["seen after SIGHUP"], within=10
+        )
+
+        config_path.write_text("spool:\n  max_bytes: lots\n")
+        agent.send_signal(signal.SIGHUP)
+        await eventually(lambda: "new configuration refused" in agent_log.read_text(), within=10)
+        assert "spool.max_bytes" in agent_log.read_text()
+        with log_file.open("a") as writer:
+            writer.write("still running\n")
+        await eventually(lambda: len(stored(double)) == 2, within=10, what="the file input")
+        assert agent.poll() is None
+        assert len(double.hellos) == 1, "reloads kept the ingest stream"
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=30)
+        await server.stop()
