@@ -33,7 +33,12 @@ POLICY = AccessPolicy(methods={})
 class AgentApp:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
-        self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.overflow_policy)
+        self.spool = Spool(
+            config.spool.path,
+            config.spool.max_bytes,
+            config.spool.overflow_policy,
+            config.spool.min_free_disk_bytes,
+        )
         self.files = (
             BatchFileWriter(config.file_output, config.agent.id)
             if config.file_output.enabled
@@ -87,6 +92,7 @@ class AgentApp:
             self.inputs[name] = source
         self.spool.max_bytes = config.spool.max_bytes
         self.spool.overflow_policy = config.spool.overflow_policy
+        self.spool.min_free_disk_bytes = config.spool.min_free_disk_bytes
         if isinstance(self.shipper, Shipper | FileShipper):
             self.shipper.settings = config.shipper
         self.config = config

@@ -298,6 +298,9 @@ class InputsSection(Section):
         return value
 
 
+MIN_DISK_RESERVE_BYTES = 4 * 1024 * 1024
+
+
 class SpoolSection(Section):
     path: Path = Field(Path("edgebot-spool.db"), description="SQLite spool file (WAL mode).")
     max_bytes: int = Field(
@@ -306,6 +309,21 @@ class SpoolSection(Section):
         description="Quota of spooled event bytes. When it is reached, inputs that can "
         "wait (TCP, files) pause; the others apply spool.overflow_policy.",
     )
+    min_free_disk_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Free space the spool leaves on its disk: below it the spool counts as "
+        "full (reason 'disk_full'), so acks and WAL checkpoints (up to 1 MiB at a time) "
+        "never meet a full disk. 0 disables the check; otherwise at least 4 MiB.",
+    )
+
+    @field_validator("min_free_disk_bytes")
+    @classmethod
+    def _reserve_holds_a_checkpoint(cls, value: int) -> int:
+        if 0 < value < MIN_DISK_RESERVE_BYTES:
+            raise ValueError(f"must be 0 or at least {MIN_DISK_RESERVE_BYTES} (4 MiB)")
+        return value
+
     overflow_policy: Literal["drop_newest", "drop_lowest_severity"] = Field(
         "drop_lowest_severity",
         description="What a full spool drops for inputs that cannot wait (UDP syslog, "

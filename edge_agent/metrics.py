@@ -20,6 +20,7 @@ SOURCE_MESSAGES = Counter(
 SPOOL_DROPPED = Counter(
     "edgebot_spool_dropped_total",
     "Events dropped before or in the spool, by reason (spool_full: refused by a full spool; "
+    "disk_full: the disk's free-space reserve was reached; "
     "evicted: a waiting event removed to make room for a more severe one; overflow: an "
     "input's own buffer was full; error: the spool failed).",
     ["reason"],

@@ -55,6 +55,14 @@ def backoff_delay(
     return ceiling / 2 + rand() * ceiling / 2
 
 
+def batch_byte_limit(server_max_bytes: int, disk_reserve_bytes: int) -> int:
+    """Largest batch to form: the server's limit, and at most half the spool's disk reserve,
+    since acking a batch writes to the spool's WAL too and must always fit on the disk."""
+    if disk_reserve_bytes <= 0:
+        return server_max_bytes
+    return min(server_max_bytes, disk_reserve_bytes // 2)
+
+
 class BatchSizer:
     """How many events the next full batch holds.
 
@@ -198,7 +206,7 @@ class FileShipper(SpoolConsumer):
         return await next_batch(
             self.spool,
             self.sizer,
-            DEFAULT_MAX_BATCH_BYTES,
+            batch_byte_limit(DEFAULT_MAX_BATCH_BYTES, self.spool.min_free_disk_bytes),
             self.settings.batch_max_wait_s,
             lambda: self.draining,
         )
@@ -376,7 +384,9 @@ class _Stream:
             ceiling=min(self.settings.adaptive_max_events, server_max),
             adaptive=self.settings.adaptive_batching,
         )
-        self.max_bytes = limits.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES
+        self.max_bytes = batch_byte_limit(
+            limits.max_batch_bytes or DEFAULT_MAX_BATCH_BYTES, shipper.spool.min_free_disk_bytes
+        )
         self.in_flight: dict[str, SpooledBatch] = {}
         self.spans: dict[str, trace.Span] = {}
         self.write_lock = asyncio.Lock()

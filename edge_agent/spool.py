@@ -3,6 +3,8 @@
 An event counts as accepted once its transaction committed (WAL, ``synchronous=FULL``).
 Batches are recorded when they are formed, so a batch re-sent after a RETRY ack, a
 reconnect or a restart keeps its ``batch_id`` and ``seq`` (storage's ledger relies on it).
+A batch is always the oldest events not yet in one, so it is recorded as a range of row
+ids: forming it writes one row, not every event again.
 Every SQLite call runs on one dedicated thread, so the event loop never blocks on disk.
 
 When the byte quota is reached, inputs that can wait (TCP, files) retry until space frees;
@@ -17,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,14 +43,14 @@ CREATE TABLE IF NOT EXISTS events (
     appended_ns INTEGER NOT NULL,
     size INTEGER NOT NULL,
     data BLOB NOT NULL,
-    batch_id TEXT,
     level INTEGER NOT NULL DEFAULT 5
 );
-CREATE INDEX IF NOT EXISTS events_by_batch ON events (batch_id, rowid);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL UNIQUE,
-    formed_ns INTEGER NOT NULL
+    formed_ns INTEGER NOT NULL,
+    first_rowid INTEGER NOT NULL DEFAULT 0,
+    last_rowid INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,17 +73,20 @@ CREATE TABLE IF NOT EXISTS file_checkpoints (
     PRIMARY KEY (input, identity)
 );
 """
-# Added after the first release: spool files written before it lack the column.
-LEVEL_MIGRATION = "ALTER TABLE events ADD COLUMN level INTEGER NOT NULL DEFAULT 5"
 # The eviction order: least severe (highest syslog level) first, oldest first among equals.
-EVICTABLE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS events_evictable ON events (level DESC, rowid) "
-    "WHERE batch_id IS NULL"
-)
+LEVEL_INDEX = "CREATE INDEX IF NOT EXISTS events_by_level ON events (level DESC, rowid)"
 VICTIM_QUERY = (
-    "SELECT rowid, size, level FROM events INDEXED BY events_evictable "
-    "WHERE batch_id IS NULL AND level > ? ORDER BY level DESC, rowid"
+    "SELECT rowid, size, level FROM events INDEXED BY events_by_level "
+    "WHERE level > ? AND rowid > ? ORDER BY level DESC, rowid"
 )
+# Disk bytes one byte of event data may take while spooled: WAL frames (whole pages per
+# transaction), index entries, page slack (about 3 measured with small transactions).
+DISK_BYTES_PER_EVENT_BYTE = 3
+# Pages the WAL collects before they are copied into the database. The free-space reserve
+# must hold them (the copy can grow the file), so it is kept small: 1 MiB at 4 KiB pages.
+WAL_CHECKPOINT_PAGES = 256
+# The WAL is cut back to this size after a checkpoint, so a burst does not keep its space.
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 # EventBatch overhead beyond its events: ids, seq, flags (generous).
 BATCH_HEADER_BYTES = 256
 # Without a severity an event ranks as user.notice, the priority RFC 3164 gives a
@@ -107,13 +113,15 @@ class AppendResult:
 
     ``evicted`` counts events committed earlier that were dropped to make room for more
     severe ones. ``dropped_levels`` says how many of the refused and evicted events had
-    each syslog level.
+    each syslog level; ``refused_reason`` which limit refused them (``spool_full``: the
+    quota, ``disk_full``: the disk's free-space reserve).
     """
 
     accepted: int
     refused: int
     evicted: int = 0
     dropped_levels: Mapping[int, int] = field(default_factory=dict)
+    refused_reason: str = "spool_full"
 
     @property
     def spool_full(self) -> bool:
@@ -186,11 +194,19 @@ def encoded_size(size: int) -> int:
 
 class Spool:
     def __init__(
-        self, path: Path, max_bytes: int, overflow_policy: OverflowPolicy = "drop_newest"
+        self,
+        path: Path,
+        max_bytes: int,
+        overflow_policy: OverflowPolicy = "drop_newest",
+        min_free_disk_bytes: int = 0,
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.overflow_policy: OverflowPolicy = overflow_policy
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self._page_size = 4096
+        # Events with a row id above this are not in a batch yet.
+        self._batched_upto = 0
         self.appended = asyncio.Event()
         self.events = 0
         self.bytes = 0
@@ -337,16 +353,46 @@ class Spool:
         self.events, self.bytes = self._conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events"
         ).fetchone()
+        (self._page_size,) = self._conn.execute("PRAGMA page_size").fetchone()
+        (self._batched_upto,) = self._conn.execute(
+            "SELECT COALESCE(MAX(last_rowid), 0) FROM batches"
+        ).fetchone()
 
     def _close_sync(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
 
+    def _room_sync(self) -> tuple[int, str]:
+        """Event bytes that may still be added, and what limits them (the drop reason).
+
+        Besides the quota, the disk must keep ``min_free_disk_bytes`` free, so that forming
+        batches, acks and checkpoints (which write too) never meet a full disk. Pages the
+        spool freed are reused before the file grows, so they count as room.
+        """
+        room = self.max_bytes - self.bytes
+        if self.min_free_disk_bytes <= 0:
+            return room, "spool_full"
+        (free_pages,) = self._conn.execute("PRAGMA freelist_count").fetchone()
+        usable = _free_disk_bytes(self.path.parent) + free_pages * self._page_size
+        disk_room = max(0, usable - self.min_free_disk_bytes) // DISK_BYTES_PER_EVENT_BYTE
+        return (disk_room, "disk_full") if disk_room < room else (room, "spool_full")
+
     def _append_sync(
         self, rows: list[_Row], checkpoints: Sequence[FileCheckpoint | None]
     ) -> AppendResult:
-        room = self.max_bytes - self.bytes
+        try:
+            return self._append_within_room(rows, checkpoints)
+        except sqlite3.OperationalError as error:
+            if not _disk_full(error):
+                raise
+            log.error("spool disk full (%s): %d events refused", error, len(rows))
+            return _all_refused(rows, "disk_full")
+
+    def _append_within_room(
+        self, rows: list[_Row], checkpoints: Sequence[FileCheckpoint | None]
+    ) -> AppendResult:
+        room, limit = self._room_sync()
         accepted: list[tuple[str, int, int, bytes, int]] = []
         stamp = now_ns()
         for event_id, level, data in rows:
@@ -361,10 +407,19 @@ class Spool:
             self.events += len(accepted)
             self.bytes += sum(row[2] for row in accepted)
         refused = Counter(level for _, level, _ in rows[len(accepted) :])
-        return AppendResult(len(accepted), len(rows) - len(accepted), 0, dict(refused))
+        return AppendResult(len(accepted), len(rows) - len(accepted), 0, dict(refused), limit)
 
     def _offer_evicting_sync(self, rows: list[_Row]) -> AppendResult:
-        room = self.max_bytes - self.bytes
+        try:
+            return self._offer_evicting_within_room(rows)
+        except sqlite3.OperationalError as error:
+            if not _disk_full(error):
+                raise
+            log.error("spool disk full (%s): %d events refused", error, len(rows))
+            return _all_refused(rows, "disk_full")
+
+    def _offer_evicting_within_room(self, rows: list[_Row]) -> AppendResult:
+        room, limit = self._room_sync()
         stamp = now_ns()
         ours: dict[int, int] = {}  # rowid -> size of the events this call inserted
         freed = 0
@@ -372,7 +427,7 @@ class Spool:
         evicted: Counter[int] = Counter()
         with _transaction(self._conn) as conn:
             for event_id, level, data in rows:
-                victims = _victims(conn, level, len(data) - room)
+                victims = _victims(conn, level, self._batched_upto, len(data) - room)
                 if victims is None:
                     refused[level] += 1
                     continue
@@ -395,43 +450,58 @@ class Spool:
             refused=sum(refused.values()),
             evicted=sum(evicted.values()),
             dropped_levels=dict(refused + evicted),
+            refused_reason=limit,
         )
 
     def _import_sync(self, batch_id: str, seq: int, rows: list[_Row]) -> bool:
+        if not rows:
+            return False
+        if self._has_unbatched():
+            raise ValueError("import_batch needs a spool whose events are all in batches")
         stamp = now_ns()
         with _transaction(self._conn) as conn:
-            added = conn.execute(
-                "INSERT OR IGNORE INTO batches (batch_id, seq, formed_ns) VALUES (?, ?, ?)",
-                (batch_id, seq, stamp),
-            ).rowcount
-            if not added:
+            known = conn.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,))
+            if known.fetchone() is not None:
                 return False
             conn.executemany(
-                "INSERT INTO events (event_id, appended_ns, size, data, level, batch_id) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(event_id, stamp, len(data), data, lvl, batch_id) for event_id, lvl, data in rows],
+                INSERT_EVENT,
+                [(event_id, stamp, len(data), data, lvl) for event_id, lvl, data in rows],
             )
+            (last,) = conn.execute("SELECT MAX(rowid) FROM events").fetchone()
+            conn.execute(
+                "INSERT INTO batches (batch_id, seq, formed_ns, first_rowid, last_rowid) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (batch_id, seq, stamp, last - len(rows) + 1, last),
+            )
+        self._batched_upto = last
         self.events += len(rows)
         self.bytes += sum(len(data) for _, _, data in rows)
         return True
 
+    def _has_unbatched(self) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM events WHERE rowid > ? LIMIT 1", (self._batched_upto,)
+        ).fetchone()
+        return row is not None
+
     def _waiting_sync(self, bound: int) -> Waiting:
         conn = self._conn
         oldest = conn.execute(
-            "SELECT appended_ns FROM events WHERE batch_id IS NULL ORDER BY rowid LIMIT 1"
+            "SELECT appended_ns FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1",
+            (self._batched_upto,),
         ).fetchone()
         if oldest is None:
             return Waiting(0, None)
         (count,) = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE batch_id IS NULL LIMIT ?)",
-            (bound,),
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE rowid > ? LIMIT ?)",
+            (self._batched_upto, bound),
         ).fetchone()
         return Waiting(count, oldest[0])
 
     def _form_batch_sync(self, max_events: int, max_bytes: int) -> SpooledBatch | None:
         rows = self._conn.execute(
-            "SELECT rowid, size FROM events WHERE batch_id IS NULL ORDER BY rowid LIMIT ?",
-            (max_events,),
+            "SELECT rowid, size FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (self._batched_upto, max_events),
         ).fetchall()
         if not rows:
             return None
@@ -442,34 +512,44 @@ class Spool:
                 break
             last_rowid = rowid
         batch_id = uuid7()
+        first_rowid = rows[0][0]
         with _transaction(self._conn) as conn:
             seq = _next_seq(conn)
             conn.execute(
-                "INSERT INTO batches (batch_id, seq, formed_ns) VALUES (?, ?, ?)",
-                (batch_id, seq, now_ns()),
+                "INSERT INTO batches (batch_id, seq, formed_ns, first_rowid, last_rowid) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (batch_id, seq, now_ns(), first_rowid, last_rowid),
             )
-            conn.execute(
-                "UPDATE events SET batch_id = ? WHERE batch_id IS NULL AND rowid <= ?",
-                (batch_id, last_rowid),
-            )
-        return self._load_batch(batch_id, seq)
+        self._batched_upto = last_rowid
+        return self._load_batch(batch_id, seq, first_rowid, last_rowid)
 
-    def _load_batch(self, batch_id: str, seq: int) -> SpooledBatch:
+    def _load_batch(self, batch_id: str, seq: int, first: int, last: int) -> SpooledBatch:
         rows = self._conn.execute(
-            "SELECT data FROM events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            "SELECT data FROM events WHERE rowid BETWEEN ? AND ? ORDER BY rowid", (first, last)
         ).fetchall()
         return SpooledBatch(batch_id, seq, tuple(row[0] for row in rows))
 
     def _pending_sync(self) -> list[SpooledBatch]:
-        rows = self._conn.execute("SELECT batch_id, seq FROM batches ORDER BY seq").fetchall()
-        return [self._load_batch(batch_id, seq) for batch_id, seq in rows]
+        rows = self._conn.execute(
+            "SELECT batch_id, seq, first_rowid, last_rowid FROM batches ORDER BY seq"
+        ).fetchall()
+        return [self._load_batch(*row) for row in rows]
+
+    def _range(self, batch_id: str) -> tuple[int, int] | None:
+        row = self._conn.execute(
+            "SELECT first_rowid, last_rowid FROM batches WHERE batch_id = ?", (batch_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def _ack_sync(self, batch_id: str, refused: dict[int, tuple[str, str]], status: str) -> int:
+        span = self._range(batch_id)
+        if span is None:
+            return 0
         count, size = self._conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE batch_id = ?",
-            (batch_id,),
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE rowid BETWEEN ? AND ?",
+            span,
         ).fetchone()
-        dead = self._dead_rows(batch_id, refused, status) if refused else []
+        dead = self._dead_rows(batch_id, span, refused, status) if refused else []
         with _transaction(self._conn) as conn:
             conn.executemany(
                 "INSERT INTO dead_letters "
@@ -477,7 +557,7 @@ class Spool:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 dead,
             )
-            conn.execute("DELETE FROM events WHERE batch_id = ?", (batch_id,))
+            conn.execute("DELETE FROM events WHERE rowid BETWEEN ? AND ?", span)
             conn.execute("DELETE FROM batches WHERE batch_id = ?", (batch_id,))
         self.events -= count
         self.bytes -= size
@@ -486,11 +566,15 @@ class Spool:
         return int(count)
 
     def _dead_rows(
-        self, batch_id: str, refused: dict[int, tuple[str, str]], status: str
+        self,
+        batch_id: str,
+        span: tuple[int, int],
+        refused: dict[int, tuple[str, str]],
+        status: str,
     ) -> list[tuple[str, str, str, str, str, bytes, int]]:
         """Dead-letter rows for the refused positions (the event's index in its batch)."""
         rows = self._conn.execute(
-            "SELECT event_id, data FROM events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            "SELECT event_id, data FROM events WHERE rowid BETWEEN ? AND ? ORDER BY rowid", span
         ).fetchall()
         stamp = now_ns()
         return [
@@ -500,8 +584,11 @@ class Spool:
         ]
 
     def _reject_sync(self, batch_id: str, message: str) -> int:
+        span = self._range(batch_id)
+        if span is None:
+            return 0
         (count,) = self._conn.execute(
-            "SELECT COUNT(*) FROM events WHERE batch_id = ?", (batch_id,)
+            "SELECT COUNT(*) FROM events WHERE rowid BETWEEN ? AND ?", span
         ).fetchone()
         everything = {index: ("batch", message) for index in range(count)}
         return self._ack_sync(batch_id, everything, "rejected")
@@ -545,7 +632,7 @@ class Spool:
 
 
 def _victims(
-    conn: sqlite3.Connection, level: int, shortfall: int
+    conn: sqlite3.Connection, level: int, batched_upto: int, shortfall: int
 ) -> list[tuple[int, int, int]] | None:
     """Waiting events less severe than ``level`` whose removal frees ``shortfall`` bytes.
 
@@ -555,7 +642,7 @@ def _victims(
     victims: list[tuple[int, int, int]] = []
     if shortfall <= 0:
         return victims
-    cursor = conn.execute(VICTIM_QUERY, (level,))
+    cursor = conn.execute(VICTIM_QUERY, (level, batched_upto))
     try:
         for rowid, size, victim_level in cursor:
             victims.append((rowid, size, victim_level))
@@ -565,6 +652,20 @@ def _victims(
     finally:
         cursor.close()
     return None
+
+
+def _free_disk_bytes(directory: Path) -> int:
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _disk_full(error: sqlite3.OperationalError) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _all_refused(rows: Sequence[_Row], reason: str) -> AppendResult:
+    levels = Counter(level for _, level, _ in rows)
+    return AppendResult(0, len(rows), 0, dict(levels), reason)
 
 
 _Row = tuple[str, int, bytes]
@@ -604,18 +705,44 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         (check,) = conn.execute("PRAGMA quick_check").fetchone()
         if check != "ok":
             raise sqlite3.DatabaseError(f"quick_check: {check}")
         conn.executescript(SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-        if "level" not in columns:
-            conn.execute(LEVEL_MIGRATION)
-        conn.execute(EVICTABLE_INDEX)
+        _migrate(conn)
+        conn.execute(LEVEL_INDEX)
     except sqlite3.DatabaseError:
         conn.close()
         raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a spool file of an earlier release to the current schema, keeping its events.
+
+    The first release had no ``level`` and marked batches with an ``events.batch_id``
+    column; its batches were contiguous row ranges already.
+    """
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+    batch_columns = {row[1] for row in conn.execute("PRAGMA table_info(batches)")}
+    with _transaction(conn):
+        if "level" not in columns:
+            conn.execute("ALTER TABLE events ADD COLUMN level INTEGER NOT NULL DEFAULT 5")
+        for column in ("first_rowid", "last_rowid"):
+            if column not in batch_columns:
+                conn.execute(f"ALTER TABLE batches ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+        if "batch_id" in columns:
+            members = "FROM events e WHERE e.batch_id = batches.batch_id"
+            conn.execute(
+                f"UPDATE batches SET first_rowid = COALESCE((SELECT MIN(rowid) {members}), 0), "
+                f"last_rowid = COALESCE((SELECT MAX(rowid) {members}), 0)"
+            )
+            conn.execute("DELETE FROM batches WHERE last_rowid = 0")
+            conn.execute("DROP INDEX IF EXISTS events_by_batch")
+            conn.execute("DROP INDEX IF EXISTS events_evictable")
+            conn.execute("ALTER TABLE events DROP COLUMN batch_id")
 
 
 def _move_aside(path: Path) -> Path:
@@ -647,6 +774,8 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # SQLite has already rolled back after some errors (SQLITE_FULL among them).
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")

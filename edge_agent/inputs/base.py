@@ -54,7 +54,7 @@ async def hand_to_spool(spool: Spool, events: Sequence[event_pb2.Event]) -> Appe
 
 def _count_overflow(result: AppendResult) -> None:
     if result.refused:
-        metrics.SPOOL_DROPPED.labels("spool_full").inc(result.refused)
+        metrics.SPOOL_DROPPED.labels(result.refused_reason).inc(result.refused)
     if result.evicted:
         metrics.SPOOL_DROPPED.labels("evicted").inc(result.evicted)
     for level, count in result.dropped_levels.items():

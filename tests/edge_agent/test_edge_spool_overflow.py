@@ -168,28 +168,46 @@ async def test_counts_survive_reopen_after_evictions(tmp_path: Path) -> None:
     await again.close()
 
 
-async def test_a_spool_file_from_before_severity_ranking_is_migrated(tmp_path: Path) -> None:
+FIRST_RELEASE_SCHEMA = """
+CREATE TABLE events (rowid INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,
+    appended_ns INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL, batch_id TEXT);
+CREATE INDEX events_by_batch ON events (batch_id, rowid);
+CREATE TABLE batches (batch_id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE,
+    formed_ns INTEGER NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('next_seq', 2);
+INSERT INTO batches VALUES ('old-batch', 1, 1);
+"""
+
+
+async def test_a_spool_file_of_the_first_release_is_migrated(tmp_path: Path) -> None:
+    """Its batch keeps its id, seq and events; its unbatched event is batched next."""
     path = tmp_path / "old.db"
     old = sqlite3.connect(path)
-    old.executescript(
-        "CREATE TABLE events (rowid INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL,"
-        " appended_ns INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL,"
-        " batch_id TEXT);"
-    )
-    kept = make_event("from the old release")
-    old.execute(
-        "INSERT INTO events (event_id, appended_ns, size, data) VALUES (?, 1, ?, ?)",
-        (kept.id, kept.ByteSize(), kept.SerializeToString()),
-    )
+    old.executescript(FIRST_RELEASE_SCHEMA)
+    kept = [make_event(f"from the old release {i}") for i in range(3)]
+    for event, batch_id in zip(kept, ["old-batch", "old-batch", None], strict=True):
+        old.execute(
+            "INSERT INTO events (event_id, appended_ns, size, data, batch_id) "
+            "VALUES (?, 1, ?, ?, ?)",
+            (event.id, event.ByteSize(), event.SerializeToString(), batch_id),
+        )
     old.commit()
     old.close()
 
     spool = Spool(path, 1 << 20, "drop_lowest_severity")
     await spool.open()
-    assert spool.events == 1
-    batch = await spool.form_batch(10, 1 << 20)
-    assert batch is not None
-    assert event_pb2.Event.FromString(batch.events[0]) == kept
+    assert spool.events == 3
+    (pending,) = await spool.pending_batches()
+    assert (pending.batch_id, pending.seq) == ("old-batch", 1)
+    assert [event_pb2.Event.FromString(d) for d in pending.events] == kept[:2]
+    fresh = await spool.form_batch(10, 1 << 20)
+    assert fresh is not None
+    assert fresh.seq == 2
+    assert [event_pb2.Event.FromString(d) for d in fresh.events] == kept[2:]
+    assert await spool.ack("old-batch") == 2
+    assert await spool.ack(fresh.batch_id) == 1
+    assert spool.events == 0
     await spool.close()
 
 
