@@ -238,7 +238,11 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
                 model_version=runner.model_version,
                 anomalies_found=runner.anomalies_found,
                 last_error=runner.last_error,
+                deferred_cycles=runner.deferred_cycles,
+                last_deferred_reason=runner.last_deferred_reason,
             )
+            if runner.last_deferred_ns:
+                ns_to_ts(runner.last_deferred_ns, info.last_deferred_time)
             info.interval.FromTimedelta(dt.timedelta(seconds=runner.settings.interval_s))
             if runner.last_run_ns:
                 ns_to_ts(runner.last_run_ns, info.last_run_time)

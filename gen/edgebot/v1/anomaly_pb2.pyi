@@ -588,11 +588,17 @@ class AgentInfo(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ANOMALIES_FOUND_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DEFERRED_CYCLES_FIELD_NUMBER: _builtins.int
+    LAST_DEFERRED_REASON_FIELD_NUMBER: _builtins.int
+    LAST_DEFERRED_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     enabled: _builtins.bool
     model_version: _builtins.str
     anomalies_found: _builtins.int
     last_error: _builtins.str
+    deferred_cycles: _builtins.int
+    """Scheduled cycles the resource monitor deferred, and the latest reason."""
+    last_deferred_reason: _builtins.str
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -605,6 +611,8 @@ class AgentInfo(_message.Message):
     def last_run_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_deferred_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -618,10 +626,13 @@ class AgentInfo(_message.Message):
         model_version: _builtins.str = ...,
         anomalies_found: _builtins.int = ...,
         last_error: _builtins.str = ...,
+        deferred_cycles: _builtins.int = ...,
+        last_deferred_reason: _builtins.str = ...,
+        last_deferred_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_deferred_time", b"last_deferred_time", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies_found", b"anomalies_found", "enabled", b"enabled", "interval", b"interval", "last_error", b"last_error", "last_run_time", b"last_run_time", "model_version", b"model_version", "name", b"name", "next_run_time", b"next_run_time", "services", b"services", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies_found", b"anomalies_found", "deferred_cycles", b"deferred_cycles", "enabled", b"enabled", "interval", b"interval", "last_deferred_reason", b"last_deferred_reason", "last_deferred_time", b"last_deferred_time", "last_error", b"last_error", "last_run_time", b"last_run_time", "model_version", b"model_version", "name", b"name", "next_run_time", b"next_run_time", "services", b"services", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -904,6 +915,7 @@ class ExportSpec(_message.Message):
     GZIP_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     MAX_PART_BYTES_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
     format: Global___ExportFormat.ValueType
     gzip: _builtins.bool
     batch_size: _builtins.int
@@ -916,6 +928,10 @@ class ExportSpec(_message.Message):
     def filter(self) -> _storage_pb2.EventFilter:
         """Time range and filters for events (and the time range for anomalies)."""
 
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Anomalies and labels from these agents only; empty = every agent."""
+
     def __init__(
         self,
         *,
@@ -925,10 +941,11 @@ class ExportSpec(_message.Message):
         gzip: _builtins.bool = ...,
         batch_size: _builtins.int = ...,
         max_part_bytes: _builtins.int = ...,
+        agents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "datasets", b"datasets", "filter", b"filter", "format", b"format", "gzip", b"gzip", "max_part_bytes", b"max_part_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "batch_size", b"batch_size", "datasets", b"datasets", "filter", b"filter", "format", b"format", "gzip", b"gzip", "max_part_bytes", b"max_part_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
