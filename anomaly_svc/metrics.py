@@ -14,3 +14,4 @@ ANOMALIES = Counter(
 )
 SEVERITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 ALERTS = Counter("edgebot_anomaly_alerts_total", "Alerts raised by kind.", ["kind"])
+EXPORTS = Counter("edgebot_anomaly_exports_total", "Export jobs ended, by outcome.", ["outcome"])

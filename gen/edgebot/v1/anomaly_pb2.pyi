@@ -111,6 +111,9 @@ class _ExportDatasetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportD
     EXPORT_DATASET_EVENTS: _ExportDataset.ValueType  # 1
     EXPORT_DATASET_ANOMALIES: _ExportDataset.ValueType  # 2
     EXPORT_DATASET_LABELS: _ExportDataset.ValueType  # 3
+    """Operator labels, one row per event of a labelled anomaly; always CSV (id,...,label),
+    the file `edgebot train --labels` reads.
+    """
 
 class ExportDataset(_ExportDataset, metaclass=_ExportDatasetEnumTypeWrapper): ...
 
@@ -118,6 +121,9 @@ EXPORT_DATASET_UNSPECIFIED: ExportDataset.ValueType  # 0
 EXPORT_DATASET_EVENTS: ExportDataset.ValueType  # 1
 EXPORT_DATASET_ANOMALIES: ExportDataset.ValueType  # 2
 EXPORT_DATASET_LABELS: ExportDataset.ValueType  # 3
+"""Operator labels, one row per event of a labelled anomaly; always CSV (id,...,label),
+the file `edgebot train --labels` reads.
+"""
 Global___ExportDataset: _TypeAlias = ExportDataset  # noqa: Y015
 
 class _ExportFormat:
@@ -918,6 +924,7 @@ class ExportSpec(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     format: Global___ExportFormat.ValueType
     gzip: _builtins.bool
+    """JSONL and CSV parts are gzip files; Parquet uses its GZIP column codec instead."""
     batch_size: _builtins.int
     """Rows read per batch; bounds memory."""
     max_part_bytes: _builtins.int
