@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
+from anomaly_svc.notify.settings import NotificationsSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 
@@ -117,6 +118,10 @@ class AnomalyServiceConfig(ServiceConfig):
     cache: CacheSection = Field(default_factory=CacheSection)
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
     exports: ExportsSection = Field(default_factory=ExportsSection)
+    notifications: NotificationsSection = Field(
+        default_factory=NotificationsSection,
+        description="E-mail and webhook notifications of alerts: channels and rules.",
+    )
 
     @property
     def exports_dir(self) -> Path:

@@ -26,6 +26,7 @@ from anomaly_svc.export import (
 )
 from anomaly_svc.export.convert import export_to_proto, spec_from_proto
 from anomaly_svc.models.manager import ModelManager, ModelState, ModelStatus
+from anomaly_svc.notify import Notifier
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
     AlertKind,
@@ -511,6 +512,7 @@ class AnomalyApp:
         self.channel: grpc.aio.Channel | None = None
         self.detection: Detection | None = None
         self.exports: ExportManager | None = None
+        self.notifier: Notifier | None = None
 
     async def open(self) -> None:
         config = self.config
@@ -530,6 +532,8 @@ class AnomalyApp:
             config.storage.timeout_s,
         )
         hub = AlertHub(config.alerts.subscriber_buffer)
+        self.notifier = Notifier(config.notifications, self.store, hub)
+        await self.notifier.start()
         models = ModelManager(config.models.dir, config.models.poll_interval_s)
         await models.start()
         scheduler = Scheduler(
@@ -558,6 +562,8 @@ class AnomalyApp:
     async def close(self) -> None:
         if self.exports is not None:
             await self.exports.close()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.detection is not None:
             await self.detection.scheduler.stop()
             await self.detection.models.stop()
