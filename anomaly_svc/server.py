@@ -209,7 +209,9 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         hub = detection.hub
         subscription = hub.subscribe()
         try:
-            last = after
+            # A stream that starts now starts after the newest alert stored once subscribed:
+            # anything newer comes through the subscription.
+            last = after if request.after_alert_id else await self.store.last_alert_id()
             if request.after_alert_id:
                 async for alert in self._replay(after):
                     last = alert.alert_id
@@ -399,16 +401,16 @@ def _is_uuid(text: str) -> bool:
 async def live_alerts(
     subscription: Subscription, wanted: AlertFilter, last: int, heartbeat_s: float
 ) -> AsyncIterator[anomaly_pb2.WatchAlertsResponse]:
-    """Live alerts after ``last`` (ids up to it were replayed), heartbeats while idle."""
+    """Live alerts after ``last`` (ids up to it were replayed): a heartbeat first, then
+    alerts, and heartbeats while idle; each heartbeat names the last alert id handled."""
+    yield _heartbeat(last)
     while True:
         if subscription.overflowed and subscription.queue.empty():
             return
         try:
             alert = await asyncio.wait_for(subscription.queue.get(), heartbeat_s)
         except TimeoutError:
-            beat = anomaly_pb2.WatchAlertsResponse(heartbeat=anomaly_pb2.Heartbeat())
-            ns_to_ts(now_ns(), beat.heartbeat.time)
-            yield beat
+            yield _heartbeat(last)
             continue
         if alert is None:
             return
@@ -417,6 +419,14 @@ async def live_alerts(
         last = alert.alert_id
         if wanted.matches(alert.anomaly):
             yield anomaly_pb2.WatchAlertsResponse(alert=alert_to_proto(alert))
+
+
+def _heartbeat(last_alert_id: int) -> anomaly_pb2.WatchAlertsResponse:
+    beat = anomaly_pb2.WatchAlertsResponse(
+        heartbeat=anomaly_pb2.Heartbeat(last_alert_id=str(last_alert_id) if last_alert_id else "")
+    )
+    ns_to_ts(now_ns(), beat.heartbeat.time)
+    return beat
 
 
 def alert_to_proto(alert: AlertRecord) -> anomaly_pb2.Alert:

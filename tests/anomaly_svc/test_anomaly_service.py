@@ -107,11 +107,28 @@ async def test_heartbeats_on_idle_streams_and_streams_end_at_shutdown(
     pki: Pki, tmp_path: Path
 ) -> None:
     async with mesh(pki, tmp_path) as m:
+        await m.write(_brute_force("198.51.100.1", 1))
+        await m.run("auth")
+        existing = await m.anomaly.store.last_alert_id()
+        assert existing == 2
         stream = m.stub.WatchAlerts(
             anomaly_pb2.WatchAlertsRequest(heartbeat_interval=Duration(nanos=100_000_000))
         )
+        # At once: where this stream starts, so a client that sees no alert can still resume.
         first = await stream.read()
-        assert first.HasField("heartbeat")
+        assert first.heartbeat.last_alert_id == "2"
+        idle = await stream.read()
+        assert idle.heartbeat.last_alert_id == "2"
+        await m.write(_brute_force("198.51.100.2", 2))
+        await m.run("auth")
+        received: list[str] = []
+        while len(received) < 2:
+            response = await stream.read()
+            if response.HasField("alert"):
+                received.append(response.alert.alert_id)
+        assert received == ["3", "4"]
+        after = await stream.read()
+        assert after.heartbeat.last_alert_id == "4"
         await m.anomaly.runtime.stop()
         ended = await asyncio.wait_for(stream.read(), 5)
         assert ended is grpc.aio.EOF
@@ -226,7 +243,8 @@ async def test_a_watcher_that_falls_behind_is_dropped_after_its_buffer() -> None
         hub.publish(AlertRecord(alert_id, AlertKind.NEW, anomaly, alert_id))
     assert subscription.overflowed
     assert hub.watchers == 0
-    live = [r.alert.alert_id async for r in live_alerts(subscription, AlertFilter(), 0, 60)]
+    stream = live_alerts(subscription, AlertFilter(), 0, 60)
+    live = [r.alert.alert_id async for r in stream if r.HasField("alert")]
     # The stream ends after what it holds; the RPC then answers RESOURCE_EXHAUSTED and the
     # client resumes after alert 2, where the store replays alert 3.
     assert live == ["1", "2"]

@@ -547,19 +547,28 @@ Global___WatchAlertsResponse: _TypeAlias = WatchAlertsResponse  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """Sent once as soon as the stream is live (after any replay), then whenever it is idle."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TIME_FIELD_NUMBER: _builtins.int
+    LAST_ALERT_ID_FIELD_NUMBER: _builtins.int
+    last_alert_id: _builtins.str
+    """Every alert up to this id was sent on this stream or did not match its filter:
+    a client that reconnects with it as after_alert_id misses nothing, even if it
+    received no alert yet.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         time: _timestamp_pb2.Timestamp | None = ...,
+        last_alert_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_alert_id", b"last_alert_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
