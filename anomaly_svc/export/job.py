@@ -1,11 +1,11 @@
 """One export job: read each dataset in batches, write its parts, report progress.
 
 Memory stays bounded by the batch size: events come from StorageService.QueryEvents one
-page at a time (oldest first), anomalies and labels from the anomaly store by keyset pages,
-and each batch is encoded, written and dropped before the next is read. Encoding and file
-I/O run in a worker thread so RPCs stay responsive. Progress is rows done over the rows
-counted at the start (AggregateEvents for events, a count for anomalies), stored after
-every batch together with the parts that batch closed.
+page at a time (oldest first; the next page is fetched while one is written), anomalies
+and labels from the anomaly store by keyset pages, and each batch is encoded, written and
+dropped. Encoding and file I/O run in a worker thread so RPCs stay responsive. Progress is
+rows done over the rows counted at the start (AggregateEvents for events, a count for
+anomalies), stored after every batch together with the parts that batch closed.
 """
 
 from __future__ import annotations
@@ -181,29 +181,36 @@ class ExportJob:
                 yield anomalies_batch(anomalies), len(anomalies)
 
     async def _event_pages(self) -> AsyncIterator[list[event_pb2.Event]]:
-        """Up to batch_size events at a time, gathered from as many pages as that takes."""
+        """One QueryEvents page per batch (batch_size, or storage's page limit if lower);
+        the next page is fetched while the current one is written."""
         request = storage_pb2.QueryEventsRequest(
             filter=self.spec.event_filter,
             page_size=self.spec.batch_size,
             order=storage_pb2.SORT_ORDER_OLDEST_FIRST,
         )
-        pending: list[event_pb2.Event] = []
-        while True:
-            request.page_size = self.spec.batch_size - len(pending)
-            try:
-                page = await self.storage.QueryEvents(
-                    request, timeout=self.limits.storage_timeout_s
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise JobFailed(_storage_error("QueryEvents", exc)) from None
-            pending.extend(page.events)
-            if len(pending) >= self.spec.batch_size or not page.next_page_token:
-                if pending:
-                    yield pending
-                pending = []
-            if not page.next_page_token:
-                return
-            request.page_token = page.next_page_token
+        fetching = asyncio.ensure_future(self._query(request))
+        try:
+            while True:
+                page = await fetching
+                if page.next_page_token:
+                    following = storage_pb2.QueryEventsRequest()
+                    following.CopyFrom(request)
+                    following.page_token = page.next_page_token
+                    fetching = asyncio.ensure_future(self._query(following))
+                if page.events:
+                    yield list(page.events)
+                if not page.next_page_token:
+                    return
+        finally:
+            fetching.cancel()
+
+    async def _query(
+        self, request: storage_pb2.QueryEventsRequest
+    ) -> storage_pb2.QueryEventsResponse:
+        try:
+            return await self.storage.QueryEvents(request, timeout=self.limits.storage_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise JobFailed(_storage_error("QueryEvents", exc)) from None
 
     async def _anomaly_pages(self, labelled: bool) -> AsyncIterator[list[AnomalyRecord]]:
         query = anomaly_query(self.record, labelled)

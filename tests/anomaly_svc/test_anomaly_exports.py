@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import gzip
 import hashlib
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from anomaly_mesh import Mesh, mesh
@@ -457,3 +461,83 @@ async def test_operator_labels_export_trains_a_model_with_edgebot_train(
     )  # fmt: skip
     assert refused == 2
     assert "--unlabelled normal" in capsys.readouterr().err
+
+
+class PeakRss:
+    """Samples this process's resident set size every 10 ms in a thread."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.baseline = self.process.memory_info().rss
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.baseline) / 2**20
+
+
+def _web_log(start: int, count: int) -> list[event_pb2.Event]:
+    base = now_ns() - 86_400 * NS_PER_S
+    events = []
+    for n in range(start, start + count):
+        event = event_pb2.Event(
+            id=f"web-{n:07d}", type="syslog", source="site-a/syslog-udp", host=f"web-{n % 50}",
+            service="nginx", severity=event_pb2.SEVERITY_INFORMATIONAL,
+            message=f"GET /api/v1/items/{n} 200 {n % 997} ms user=u{n % 113} "
+            f"agent=curl/8.{n % 9} ref=https://example.org/p/{n % 31}",
+            attributes={"http.status": "200", "http.path": f"/api/v1/items/{n}"},
+        )  # fmt: skip
+        ns_to_ts(base + n * 100_000, event.time)
+        events.append(event)
+    return events
+
+
+@pytest.mark.slow
+async def test_a_large_export_keeps_memory_bounded(pki: Pki, tmp_path: Path) -> None:
+    total, limit = 200_000, 16 * 1024 * 1024
+    async with mesh(pki, tmp_path) as m:
+        for start in range(0, total, 5000):
+            await m.write(_web_log(start, 5000), batch_id=f"web-{start}")
+        gc.collect()
+        with PeakRss() as rss:
+            created = await create(m.stub, datasets=[EVENTS], max_part_bytes=limit)
+            export = await finished(m.stub, created.id, timeout_s=600)
+            assert export.state == anomaly_pb2.EXPORT_STATE_SUCCEEDED, export.error
+            lines = 0
+            for part in export.parts:
+                digest = hashlib.sha256()
+                async for chunk in m.stub.DownloadExport(
+                    anomaly_pb2.DownloadExportRequest(id=export.id, part_index=part.index)
+                ):
+                    digest.update(chunk.data)
+                    lines += chunk.data.count(b"\n")
+                    if chunk.last:
+                        assert chunk.sha256 == part.sha256 == digest.hexdigest()
+                assert part.size_bytes <= limit
+        assert lines == total == export.report.row_counts["events"]
+        assert export.bytes_written > 3 * limit
+        # The export wrote more than 50 MB; holding its events (or its output) in memory
+        # would grow the process by hundreds of MiB.
+        assert rss.growth_mib < 48, f"RSS grew by {rss.growth_mib:.1f} MiB"
+        print(
+            f"\nexported {total} events, {export.bytes_written / 2**20:.1f} MiB in "
+            f"{len(export.parts)} parts; peak RSS growth {rss.growth_mib:.1f} MiB"
+        )
+        await m.stub.DeleteExport(anomaly_pb2.DeleteExportRequest(id=export.id))
+        left = sorted(p.name for p in m.config.exports_dir.iterdir())
+        assert all(name.startswith("exports.db") for name in left), left

@@ -14,10 +14,10 @@ from google.protobuf.duration_pb2 import Duration
 from support import Pki, eventually
 
 from anomaly_svc.alerts import AlertFilter, AlertHub
-from anomaly_svc.models.datasets import load
-from anomaly_svc.models.train import MODEL_FILE, train
+from anomaly_svc.models.train import MODEL_FILE
 from anomaly_svc.server import live_alerts
 from anomaly_svc.store import AlertKind, AlertRecord, AnomalyRecord
+from edgebot.cli import main
 from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2
 
 
@@ -185,9 +185,9 @@ async def test_storage_down_is_a_clear_cycle_error(pki: Pki, tmp_path: Path) -> 
         assert "UNAVAILABLE" in auth.last_error
 
 
-def _hdfs_events() -> list[event_pb2.Event]:
+def _hdfs_events(start: int = 3000, end: int | None = None) -> list[event_pb2.Event]:
     lines = []
-    for raw in (HDFS / "HDFS_5k.log").read_text().splitlines()[3000:]:
+    for raw in (HDFS / "HDFS_5k.log").read_text().splitlines()[start:end]:
         date, clock, _pid, _level, rest = raw.split(" ", 4)
         component, _, message = rest.partition(": ")
         stamp = f"Nov {int(date[4:6]):2d} 20{date[:2]} {clock[:2]}:{clock[2:4]}:{clock[4:6]}"
@@ -195,30 +195,44 @@ def _hdfs_events() -> list[event_pb2.Event]:
     return syslog_events(lines)
 
 
-async def test_model_hot_reload_scores_with_the_new_version(pki: Pki, tmp_path: Path) -> None:
-    trained = train("logpattern", load(HDFS, "hdfs"), tmp_path / "training")
+async def test_model_hot_reload_scores_with_the_new_version(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """edgebot train → copy into the watched folder → the running service loads it and
+    scores with it; a broken newer version is refused and the trained one keeps scoring."""
+    training = tmp_path / "training"
+    argv = ["train", "--agent", "logpattern", "--data", str(HDFS), "--format", "hdfs",
+            "--out", str(training)]  # fmt: skip
+    assert await asyncio.to_thread(main, argv) == 0
+    assert " F1 " in capsys.readouterr().out
+    (trained,) = (training / "logpattern").iterdir()
     async with mesh(pki, tmp_path) as m:
         await m.write(_hdfs_events())
         before = await m.run("logpattern")
         assert before["logpattern"].error == ""
         assert all(a.type != "model_session" for a in await m.anomalies("logpattern"))
-        shutil.copytree(trained.path, m.models / "logpattern" / trained.version)
-        await _wait_for_model(m, trained.version, anomaly_pb2.MODEL_STATE_LOADED)
+        shutil.copytree(trained, m.models / "logpattern" / trained.name)
+        await _wait_for_model(m, trained.name, anomaly_pb2.MODEL_STATE_LOADED)
         await m.run("logpattern")
         scored = [a for a in await m.anomalies("logpattern") if a.type == "model_session"]
         assert scored, "the deployed model found no anomalous session"
-        assert {a.model_version for a in scored} == {trained.version}
+        assert {a.model_version for a in scored} == {trained.name}
         broken = m.models / "logpattern" / "99990101T000000000000Z"
-        shutil.copytree(trained.path, broken)
+        shutil.copytree(trained, broken)
         (broken / MODEL_FILE).write_text("garbage\n")
         await _wait_for_model(m, broken.name, anomaly_pb2.MODEL_STATE_REFUSED)
+        # New sessions arrive after the refusal: the trained version scores them.
+        await m.write(_hdfs_events(1500, 3000))
+        await m.run("logpattern")
+        rescored = [a for a in await m.anomalies("logpattern") if a.type == "model_session"]
+        assert len(rescored) > len(scored), "no new session was scored after the refusal"
+        assert {a.model_version for a in rescored} == {trained.name}
         listed = await m.stub.ListModels(anomaly_pb2.ListModelsRequest(agents=["logpattern"]))
         states = {i.version: i.state for i in listed.models}
-        assert states[trained.version] == anomaly_pb2.MODEL_STATE_LOADED
+        assert states[trained.name] == anomaly_pb2.MODEL_STATE_LOADED
         agents = await m.stub.ListAgents(anomaly_pb2.ListAgentsRequest())
         assert (
-            next(a for a in agents.agents if a.name == "logpattern").model_version
-            == trained.version
+            next(a for a in agents.agents if a.name == "logpattern").model_version == trained.name
         )
         reloaded = await m.stub.ReloadModels(anomaly_pb2.ReloadModelsRequest())
         refused = next(i for i in reloaded.models if i.version == broken.name)
