@@ -15,6 +15,8 @@ from mesh.timeutil import NS_PER_S, ns_to_ts, ts_to_ns
 from mesh.types import Context
 from storage_svc import metrics
 from storage_svc.config import StorageServiceConfig
+from storage_svc.fanout import FanOut, HealthListener, SinkWorker
+from storage_svc.outbox import Outbox, OutboxError
 from storage_svc.query import (
     BucketCount,
     InvalidArgument,
@@ -40,6 +42,7 @@ from storage_svc.sinks.base import (
     StoreTotals,
     WriteOutcome,
 )
+from storage_svc.sinks.factory import secondary_sink
 from storage_svc.sinks.postgres import PostgresSink
 from storage_svc.sinks.sqlite import SqliteSink
 from storage_svc.tail import (
@@ -83,9 +86,17 @@ async def _translated_errors(context: Context, sink_reason: str) -> AsyncIterato
         )
 
 
+def sink_health_name(sink: str) -> str:
+    """The grpc.health.v1 entry of a secondary sink: SERVING unless the sink is DOWN."""
+    return f"{SERVICE_NAME}/sink/{sink}"
+
+
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self, sink: PrimarySink, hub: TailHub, config: StorageServiceConfig) -> None:
+    def __init__(
+        self, sink: PrimarySink, fanout: FanOut, hub: TailHub, config: StorageServiceConfig
+    ) -> None:
         self.sink = sink
+        self.fanout = fanout
         self.hub = hub
         self.config = config
 
@@ -97,7 +108,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 context, "batch.batch_id", "required: it is the ledger key for re-sent batches"
             )
         try:
-            outcome = await self.sink.write(_batch_write(request))
+            outcome = await self.fanout.write(_batch_write(request))
         except SinkError as exc:
             metrics.DATABASE_WRITES.labels(self.sink.name, "failed").inc()
             await abort_with_retry(
@@ -174,7 +185,13 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.StorageServiceGetStatsResponse:
         async with _translated_errors(context, "STORAGE_READ_FAILED"):
             totals = await self.sink.totals()
-        return _stats_response(totals, [self.sink.state()])
+        try:
+            states = await self.fanout.states()
+        except OutboxError as exc:
+            await abort_with_retry(
+                context, grpc.StatusCode.UNAVAILABLE, str(exc), RETRY_AFTER_S, "OUTBOX_READ_FAILED"
+            )
+        return _stats_response(totals, states)
 
 
 def _batch_write(request: storage_pb2.WriteRequest) -> BatchWrite:
@@ -250,7 +267,7 @@ def _tail_responses(
 
 
 def _sink_state(state: SinkState) -> storage_pb2.SinkState:
-    return storage_pb2.SinkState(
+    proto = storage_pb2.SinkState(
         name=state.name,
         kind=state.kind,
         primary=state.primary,
@@ -258,7 +275,13 @@ def _sink_state(state: SinkState) -> storage_pb2.SinkState:
         written=state.written,
         failed=state.failed,
         last_error=state.last_error,
+        outbox_depth=state.outbox_depth,
+        rejected=state.rejected,
+        dropped=state.dropped,
     )
+    if not state.primary:
+        proto.outbox_lag.FromNanoseconds(int(state.outbox_lag_s * NS_PER_S))
+    return proto
 
 
 def _stats_response(
@@ -285,12 +308,32 @@ def primary_sink(config: StorageServiceConfig, hub: TailHub) -> PrimarySink:
     raise SinkOpenError(f"storage.primary: unknown sink {config.storage.primary!r}")
 
 
+def fan_out(
+    config: StorageServiceConfig, primary: PrimarySink, on_health: HealthListener
+) -> FanOut:
+    """The primary alone, or with the outbox and one worker per enabled secondary sink."""
+    sections = config.secondary_sinks
+    if not sections:
+        return FanOut(primary, None, [], config.outbox)
+    outbox = Outbox(config.outbox, [section.name for section in sections])
+    workers = [
+        SinkWorker(secondary_sink(section, config), section, outbox, config.outbox.poll_interval_s)
+        for section in sections
+    ]
+    return FanOut(primary, outbox, workers, config.outbox, on_health)
+
+
 class StorageApp:
+    """Health: the overall entry and StorageService follow the primary only; each
+    secondary sink has its own entry (``sink_health_name``) that is NOT_SERVING while that
+    sink is DOWN. A secondary that is down degrades the service, it does not stop it."""
+
     def __init__(self, config: StorageServiceConfig) -> None:
         self.config = config
         self.hub = TailHub()
         self.sink = primary_sink(config, self.hub)
-        self.servicer = StorageServicer(self.sink, self.hub, config)
+        self.fanout = fan_out(config, self.sink, self._sink_health)
+        self.servicer = StorageServicer(self.sink, self.fanout, self.hub, config)
         self.runtime = ServiceRuntime(
             name="storage",
             config=config,
@@ -305,15 +348,20 @@ class StorageApp:
     async def _end_tails(self) -> None:
         self.hub.close()
 
+    async def _sink_health(self, sink: str, health: Health) -> None:
+        await self.runtime.set_serving(health is not Health.DOWN, sink_health_name(sink))
+
     async def open(self) -> None:
         try:
             await self.sink.open()
-        except SinkOpenError as exc:
+            await self.fanout.open()
+        except (SinkOpenError, OutboxError) as exc:
             log.error("storage stays NOT_SERVING: %s", exc)
             raise
         await self.runtime.set_serving(True)
 
     async def close(self) -> None:
+        await self.fanout.close()
         await self.sink.close()
 
 
@@ -321,4 +369,4 @@ def build(config: StorageServiceConfig) -> StorageApp:
     return StorageApp(config)
 
 
-__all__ = ["StorageApp", "StorageServicer", "build"]
+__all__ = ["StorageApp", "StorageServicer", "build", "sink_health_name"]

@@ -456,17 +456,28 @@ class SinkState(_message.Message):
     OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
     OUTBOX_LAG_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: _builtins.str
-    """"sqlite", "postgres", "loki", "nats", "file"."""
+    """"sqlite", "postgres", "loki", "nats", "file", "entities"."""
     primary: _builtins.bool
     health: Global___SinkHealth.ValueType
     written: _builtins.int
+    """Events stored (a secondary: events the sink took)."""
     failed: _builtins.int
+    """Failed write attempts (each retried)."""
     outbox_depth: _builtins.int
+    """Secondary sinks: events in the outbox the sink has not taken yet."""
     last_error: _builtins.str
+    dropped: _builtins.int
+    """Secondary sinks: events dropped from the outbox (full) before this sink took them."""
+    rejected: _builtins.int
+    """Secondary sinks: events the sink refused for good (e.g. Loki 400), never retried."""
     @_builtins.property
-    def outbox_lag(self) -> _duration_pb2.Duration: ...
+    def outbox_lag(self) -> _duration_pb2.Duration:
+        """Secondary sinks: age of the oldest of those events."""
+
     def __init__(
         self,
         *,
@@ -479,10 +490,12 @@ class SinkState(_message.Message):
         outbox_depth: _builtins.int = ...,
         outbox_lag: _duration_pb2.Duration | None = ...,
         last_error: _builtins.str = ...,
+        dropped: _builtins.int = ...,
+        rejected: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["outbox_lag", b"outbox_lag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "health", b"health", "kind", b"kind", "last_error", b"last_error", "name", b"name", "outbox_depth", b"outbox_depth", "outbox_lag", b"outbox_lag", "primary", b"primary", "written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "failed", b"failed", "health", b"health", "kind", b"kind", "last_error", b"last_error", "name", b"name", "outbox_depth", b"outbox_depth", "outbox_lag", b"outbox_lag", "primary", b"primary", "rejected", b"rejected", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
