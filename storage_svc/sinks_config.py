@@ -1,15 +1,22 @@
-"""Configuration of the secondary sinks: the ``sinks:`` list, one entry per sink, by type."""
+"""Configuration of the secondary sinks: the ``sinks:`` list, one entry per sink, by type.
+
+Secrets (passwords, tokens) are never part of the configuration: an entry names the file or
+the environment variable that holds them, and the sink reads it when it uses it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from mesh.config import Section
 
 SINK_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
+LokiLabel = Literal["source", "type", "service", "severity", "site", "env"]
+LOKI_LABELS: tuple[LokiLabel, ...] = ("source", "type", "service", "severity", "site", "env")
 
 
 class SecondarySinkSection(Section):
@@ -66,6 +73,78 @@ class SecondarySinkSection(Section):
         return value
 
 
+def _one_source(section: Section, what: str, *keys: str) -> None:
+    given = [key for key in keys if getattr(section, key) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{given[1]}: give {what} in only one of {', '.join(keys)}")
+
+
+class LokiSinkSection(SecondarySinkSection):
+    type: Literal["loki"]
+    url: str = Field(
+        description="Base URL of Loki (or a gateway), e.g. http://loki:3100; the push path "
+        "is appended. Credentials never go in the URL."
+    )
+    push_path: str = Field("/loki/api/v1/push", description="Path of the push API.")
+    tenant: str | None = Field(
+        None, description="Sent as X-Scope-OrgID (multi-tenant Loki); null sends none."
+    )
+    username: str | None = Field(None, description="Basic-auth user (with a password source).")
+    password_file: Path | None = Field(None, description="File holding the basic-auth password.")
+    password_env: str | None = Field(
+        None, description="Environment variable holding the basic-auth password."
+    )
+    bearer_token_file: Path | None = Field(None, description="File holding a bearer token.")
+    bearer_token_env: str | None = Field(
+        None, description="Environment variable holding a bearer token."
+    )
+    labels: list[LokiLabel] = Field(
+        default_factory=lambda: list(LOKI_LABELS),
+        description="Stream labels, only from this low-cardinality set (site and env come "
+        "from the tags of the same names). Ids, hosts, addresses and free text never become "
+        "labels: they go into structured metadata or the line.",
+    )
+    structured_metadata: bool = Field(
+        True,
+        description="Send the event id, host, attributes and the tags that are not labels "
+        "as structured metadata (Loki 3, or 2.9+ with allow_structured_metadata).",
+    )
+    line_format: Literal["message", "json"] = Field(
+        "message",
+        description="The log line: the message alone, or a JSON document of the whole "
+        "event (use json when structured metadata is off, so nothing is lost).",
+    )
+    gzip: bool = Field(False, description="Compress push bodies (Content-Encoding: gzip).")
+    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout of one push.")
+    batch_wait_s: float = Field(
+        1.0, ge=0, description="How long a push may wait to fill up (see batch_max_events)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not hold credentials: use username and password_file")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_is_consistent(self) -> LokiSinkSection:
+        _one_source(self, "the password", "password_file", "password_env")
+        _one_source(self, "the token", "bearer_token_file", "bearer_token_env")
+        has_password = self.password_file is not None or self.password_env is not None
+        has_token = self.bearer_token_file is not None or self.bearer_token_env is not None
+        if has_password and self.username is None:
+            raise ValueError("username: required with a password")
+        if self.username is not None and not has_password:
+            raise ValueError("password_file: a username needs password_file or password_env")
+        if has_password and has_token:
+            raise ValueError("bearer_token_file: use basic auth or a bearer token, not both")
+        return self
+
+
 class FileSinkSection(SecondarySinkSection):
     type: Literal["file"]
     directory: Path = Field(description="Where the JSONL files go (created if missing).")
@@ -93,4 +172,4 @@ class FileSinkSection(SecondarySinkSection):
     )
 
 
-SinkSection = Annotated[FileSinkSection, Field(discriminator="type")]
+SinkSection = Annotated[LokiSinkSection | FileSinkSection, Field(discriminator="type")]

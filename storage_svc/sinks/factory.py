@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import assert_never
+
 from storage_svc.config import StorageServiceConfig
 from storage_svc.sinks.base import SecondarySink
 from storage_svc.sinks.jsonl import JsonlFileSink
-from storage_svc.sinks_config import FileSinkSection, SinkSection
+from storage_svc.sinks.loki import LokiSink
+from storage_svc.sinks_config import FileSinkSection, LokiSinkSection, SinkSection
 
 
 def secondary_sink(section: SinkSection, config: StorageServiceConfig) -> SecondarySink:
     """The sink ``section`` configures (``config`` for sinks that use the primary's store)."""
-    if isinstance(section, FileSinkSection):
-        return JsonlFileSink(section)
-    raise NotImplementedError(f"sinks: type {section.type!r} has no factory")
+    match section:
+        case FileSinkSection():
+            return JsonlFileSink(section)
+        case LokiSinkSection():
+            return LokiSink(section)
+    assert_never(section)
