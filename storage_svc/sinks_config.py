@@ -6,6 +6,7 @@ the environment variable that holds them, and the sink reads it when it uses it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -17,6 +18,7 @@ from mesh.config import Section
 SINK_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 LokiLabel = Literal["source", "type", "service", "severity", "site", "env"]
 LOKI_LABELS: tuple[LokiLabel, ...] = ("source", "type", "service", "severity", "site", "env")
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class SecondarySinkSection(Section):
@@ -145,6 +147,76 @@ class LokiSinkSection(SecondarySinkSection):
         return self
 
 
+class NatsSinkSection(SecondarySinkSection):
+    type: Literal["nats"]
+    servers: list[str] = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        min_length=1,
+        description="NATS server URLs.",
+    )
+    subject_prefix: str = Field(
+        "events.enriched",
+        description="Each event is published to <prefix>.<type> (the type with characters "
+        "a subject token cannot hold replaced by '_'; 'unknown' when empty).",
+    )
+    stream: str = Field(
+        "EDGEBOT_EVENTS",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="JetStream stream that captures <prefix>.>.",
+    )
+    create_stream: bool = Field(
+        True, description="Create the stream at connect when it does not exist."
+    )
+    stream_storage: Literal["file", "memory"] = Field(
+        "file", description="Storage of a stream this sink creates."
+    )
+    stream_max_age_s: float | None = Field(
+        None, gt=0, description="Max age of messages in a stream this sink creates."
+    )
+    stream_max_bytes: int | None = Field(
+        None, ge=1, description="Max bytes of a stream this sink creates."
+    )
+    duplicate_window_s: float = Field(
+        120.0,
+        gt=0,
+        description="JetStream drops a message whose Nats-Msg-Id (the event id) it saw "
+        "within this window (stream this sink creates). Keep it above retry_max_s.",
+    )
+    user: str | None = Field(None, description="NATS user (with a password source).")
+    password_file: Path | None = Field(None, description="File holding the NATS password.")
+    password_env: str | None = Field(
+        None, description="Environment variable holding the NATS password."
+    )
+    token_file: Path | None = Field(None, description="File holding a NATS auth token.")
+    token_env: str | None = Field(
+        None, description="Environment variable holding a NATS auth token."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="Timeout of one connect attempt.")
+    publish_timeout_s: float = Field(
+        10.0, gt=0, description="How long a write waits for JetStream's acks."
+    )
+    max_pending: int = Field(
+        4000, ge=1, description="Most publishes awaiting their JetStream ack at once."
+    )
+    batch_max_events: int = Field(500, ge=1, description="Most events in one write.")
+
+    @field_validator("subject_prefix")
+    @classmethod
+    def _subject_tokens(cls, value: str) -> str:
+        if not all(_SUBJECT_TOKEN.match(token) for token in value.split(".")):
+            raise ValueError("must be dot-separated tokens of letters, digits, '_' and '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_is_consistent(self) -> NatsSinkSection:
+        _one_source(self, "the password", "password_file", "password_env")
+        _one_source(self, "the token", "token_file", "token_env")
+        has_password = self.password_file is not None or self.password_env is not None
+        if has_password != (self.user is not None):
+            raise ValueError("user: a user and a password source go together")
+        return self
+
+
 class FileSinkSection(SecondarySinkSection):
     type: Literal["file"]
     directory: Path = Field(description="Where the JSONL files go (created if missing).")
@@ -172,4 +244,6 @@ class FileSinkSection(SecondarySinkSection):
     )
 
 
-SinkSection = Annotated[LokiSinkSection | FileSinkSection, Field(discriminator="type")]
+SinkSection = Annotated[
+    LokiSinkSection | NatsSinkSection | FileSinkSection, Field(discriminator="type")
+]

@@ -8,7 +8,8 @@ from storage_svc.config import StorageServiceConfig
 from storage_svc.sinks.base import SecondarySink
 from storage_svc.sinks.jsonl import JsonlFileSink
 from storage_svc.sinks.loki import LokiSink
-from storage_svc.sinks_config import FileSinkSection, LokiSinkSection, SinkSection
+from storage_svc.sinks.nats import NatsSink
+from storage_svc.sinks_config import FileSinkSection, LokiSinkSection, NatsSinkSection, SinkSection
 
 
 def secondary_sink(section: SinkSection, config: StorageServiceConfig) -> SecondarySink:
@@ -18,4 +19,6 @@ def secondary_sink(section: SinkSection, config: StorageServiceConfig) -> Second
             return JsonlFileSink(section)
         case LokiSinkSection():
             return LokiSink(section)
+        case NatsSinkSection():
+            return NatsSink(section)
     assert_never(section)

@@ -5,6 +5,7 @@ a crash between the primary's commit and the outbox's loses nothing, the bound i
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ async def sink_state(clients: StorageClients, name: str) -> storage_pb2.SinkStat
     return state
 
 
+async def sink_state_when(
+    clients: StorageClients, name: str, check: Callable[[storage_pb2.SinkState], bool]
+) -> storage_pb2.SinkState:
+    """The sink's state once ``check`` holds (its counters move after the write returns)."""
+
+    async def holds() -> bool:
+        return check(await sink_state(clients, name))
+
+    await eventually_async(holds, what=f"the state of {name}")
+    return await sink_state(clients, name)
+
+
 def gauge(name: str, sink: str) -> float:
     return REGISTRY.get_sample_value(name, {"sink": sink}) or 0.0
 
@@ -77,12 +90,11 @@ async def test_every_stored_event_reaches_the_file_sink_once(
             again = await clients.service.Write(first)
             overlapping = await clients.service.Write(write_request(events(range(3, 8))))
             await eventually(lambda: len(jsonl_ids(archive)) >= 8, what="8 lines")
-            state = await sink_state(clients, "archive")
+            state = await sink_state_when(clients, "archive", lambda s: s.written == 8)
     assert again.duplicate_batch
     assert (overlapping.written, overlapping.duplicates) == (3, 2)
     assert jsonl_ids(archive) == [f"ev-{n:06d}" for n in range(8)]
     assert (state.kind, state.primary, state.health) == ("file", False, storage_pb2.SINK_HEALTH_UP)
-    assert state.written == 8
 
 
 async def test_a_sink_that_is_down_blocks_neither_the_primary_nor_another_sink(
@@ -129,10 +141,10 @@ async def test_a_sink_that_is_down_blocks_neither_the_primary_nor_another_sink(
 
             broken.unlink()
             await eventually(lambda: len(jsonl_ids(broken)) == 30, what="the broken sink back")
-            caught_up = await sink_state(clients, "broken")
+            caught_up = await sink_state_when(clients, "broken", lambda s: s.written == 30)
     assert jsonl_ids(broken) == jsonl_ids(healthy)
     assert len(set(jsonl_ids(broken))) == 30
-    assert caught_up.written == 30
+    assert caught_up.health == storage_pb2.SINK_HEALTH_UP
     assert REGISTRY.get_sample_value(
         "mothership_database_writes_total", {"sink": "broken", "result": "ok"}
     )
