@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from mesh.config import Section, ServiceConfig
-from storage_svc.sinks_config import SinkSection
+from storage_svc.sinks_config import EntitiesSinkSection, SinkSection
 
 
 class StorageSection(Section):
@@ -198,7 +198,21 @@ class StorageServiceConfig(ServiceConfig):
                     f"sinks.{seen[sink.name]}"
                 )
             seen[sink.name] = index
+        graphs = [i for i, sink in enumerate(sinks) if sink.type == "entities" and sink.enabled]
+        if len(graphs) > 1:
+            raise ValueError(
+                f"sinks.{graphs[1]}: only one entities sink (the graph lives in the primary "
+                f"store, and sinks.{graphs[0]} already keeps it)"
+            )
         return sinks
+
+    @property
+    def entity_graph(self) -> EntitiesSinkSection | None:
+        """The enabled entities sink, if any (QueryEntities needs one)."""
+        for sink in self.secondary_sinks:
+            if isinstance(sink, EntitiesSinkSection):
+                return sink
+        return None
 
     @property
     def secondary_sinks(self) -> list[SinkSection]:

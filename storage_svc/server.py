@@ -15,6 +15,14 @@ from mesh.timeutil import NS_PER_S, ns_to_ts, ts_to_ns
 from mesh.types import Context
 from storage_svc import metrics
 from storage_svc.config import StorageServiceConfig
+from storage_svc.entities import (
+    KINDS,
+    Entity,
+    EntityAnswer,
+    EntityGraph,
+    Relation,
+    parse_entity_query,
+)
 from storage_svc.fanout import FanOut, HealthListener, SinkWorker
 from storage_svc.outbox import Outbox, OutboxError
 from storage_svc.query import (
@@ -22,6 +30,7 @@ from storage_svc.query import (
     InvalidArgument,
     PagePosition,
     PageRequest,
+    SortOrder,
     decode_page_token,
     encode_page_token,
     fitting,
@@ -35,6 +44,7 @@ from storage_svc.sinks.base import (
     Health,
     PrimarySink,
     QueryPage,
+    SecondarySink,
     SinkError,
     SinkOpenError,
     SinkState,
@@ -42,9 +52,11 @@ from storage_svc.sinks.base import (
     StoreTotals,
     WriteOutcome,
 )
+from storage_svc.sinks.entities import EntitySink
 from storage_svc.sinks.factory import secondary_sink
 from storage_svc.sinks.postgres import PostgresSink
 from storage_svc.sinks.sqlite import SqliteSink
+from storage_svc.sinks_config import EntitiesSinkSection, SecondarySinkSection
 from storage_svc.tail import (
     SubscriberOverflow,
     TailClosed,
@@ -61,11 +73,23 @@ _CALLERS = kinds(Kind.SERVICE, Kind.OPERATOR)
 POLICY = AccessPolicy(
     methods={
         method: _CALLERS
-        for method in ("Write", "QueryEvents", "AggregateEvents", "TailEvents", "GetStats")
+        for method in (
+            "Write",
+            "QueryEvents",
+            "AggregateEvents",
+            "TailEvents",
+            "GetStats",
+            "QueryEntities",
+        )
     }
 )
 DEFAULT_BUCKET_NS = 3600 * NS_PER_S
 RETRY_AFTER_S = 1.0
+ENTITY_KINDS = {kind: value for value, kind in KINDS.items()}
+RELATIONS = {
+    Relation.GENERATED: storage_pb2.ENTITY_RELATION_GENERATED,
+    Relation.EXECUTED: storage_pb2.ENTITY_RELATION_EXECUTED,
+}
 SINK_HEALTH = {
     Health.UP: storage_pb2.SINK_HEALTH_UP,
     Health.DEGRADED: storage_pb2.SINK_HEALTH_DEGRADED,
@@ -93,12 +117,18 @@ def sink_health_name(sink: str) -> str:
 
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     def __init__(
-        self, sink: PrimarySink, fanout: FanOut, hub: TailHub, config: StorageServiceConfig
+        self,
+        sink: PrimarySink,
+        fanout: FanOut,
+        hub: TailHub,
+        config: StorageServiceConfig,
+        graph: EntityGraph | None = None,
     ) -> None:
         self.sink = sink
         self.fanout = fanout
         self.hub = hub
         self.config = config
+        self.graph = graph
 
     async def Write(
         self, request: storage_pb2.WriteRequest, context: Context
@@ -192,6 +222,51 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 context, grpc.StatusCode.UNAVAILABLE, str(exc), RETRY_AFTER_S, "OUTBOX_READ_FAILED"
             )
         return _stats_response(totals, states)
+
+    async def QueryEntities(
+        self, request: storage_pb2.QueryEntitiesRequest, context: Context
+    ) -> storage_pb2.QueryEntitiesResponse:
+        graph = self.graph
+        if graph is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "QueryEntities needs an entities sink: add {type: entities} to sinks",
+            )
+        async with _translated_errors(context, "STORAGE_READ_FAILED"):
+            query = parse_entity_query(request, graph.settings)
+            answer = await graph.query(query)
+        if answer is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no {query.ref.kind.value} entity {query.ref.key!r} was ever stored",
+            )
+        return _entities_response(answer)
+
+
+def _entity(entity: Entity) -> storage_pb2.Entity:
+    proto = storage_pb2.Entity(
+        kind=ENTITY_KINDS[entity.kind], key=entity.key, relation=RELATIONS[entity.relation]
+    )
+    ns_to_ts(entity.first_ns, proto.first_seen_time)
+    ns_to_ts(entity.last_ns, proto.last_seen_time)
+    return proto
+
+
+def _entities_response(answer: EntityAnswer) -> storage_pb2.QueryEntitiesResponse:
+    response = storage_pb2.QueryEntitiesResponse(
+        entity=_entity(answer.entity),
+        events=answer.page.events,
+        neighbors=[
+            storage_pb2.EntityNeighbor(entity=_entity(n.entity), shared_events=n.shared_events)
+            for n in answer.neighbors
+        ],
+        event_count=answer.event_count,
+    )
+    if answer.page.next_position is not None:
+        response.next_page_token = encode_page_token(
+            SortOrder.NEWEST_FIRST, answer.page.next_position
+        )
+    return response
 
 
 def _batch_write(request: storage_pb2.WriteRequest) -> BatchWrite:
@@ -309,18 +384,28 @@ def primary_sink(config: StorageServiceConfig, hub: TailHub) -> PrimarySink:
 
 
 def fan_out(
-    config: StorageServiceConfig, primary: PrimarySink, on_health: HealthListener
+    config: StorageServiceConfig,
+    primary: PrimarySink,
+    sinks: Sequence[tuple[SecondarySinkSection, SecondarySink]],
+    on_health: HealthListener,
 ) -> FanOut:
     """The primary alone, or with the outbox and one worker per enabled secondary sink."""
-    sections = config.secondary_sinks
-    if not sections:
+    if not sinks:
         return FanOut(primary, None, [], config.outbox)
-    outbox = Outbox(config.outbox, [section.name for section in sections])
-    workers = [
-        SinkWorker(secondary_sink(section, config), section, outbox, config.outbox.poll_interval_s)
-        for section in sections
-    ]
+    outbox = Outbox(config.outbox, [section.name for section, _ in sinks])
+    poll_s = config.outbox.poll_interval_s
+    workers = [SinkWorker(sink, section, outbox, poll_s) for section, sink in sinks]
     return FanOut(primary, outbox, workers, config.outbox, on_health)
+
+
+def entity_graph(
+    sinks: Sequence[tuple[SecondarySinkSection, SecondarySink]],
+) -> EntityGraph | None:
+    """The read side of the entities sink, if one is enabled."""
+    for section, sink in sinks:
+        if isinstance(sink, EntitySink) and isinstance(section, EntitiesSinkSection):
+            return EntityGraph(sink.store, section)
+    return None
 
 
 class StorageApp:
@@ -332,8 +417,10 @@ class StorageApp:
         self.config = config
         self.hub = TailHub()
         self.sink = primary_sink(config, self.hub)
-        self.fanout = fan_out(config, self.sink, self._sink_health)
-        self.servicer = StorageServicer(self.sink, self.fanout, self.hub, config)
+        sinks = [(section, secondary_sink(section, config)) for section in config.secondary_sinks]
+        self.fanout = fan_out(config, self.sink, sinks, self._sink_health)
+        self.graph = entity_graph(sinks)
+        self.servicer = StorageServicer(self.sink, self.fanout, self.hub, config, self.graph)
         self.runtime = ServiceRuntime(
             name="storage",
             config=config,

@@ -244,6 +244,53 @@ class FileSinkSection(SecondarySinkSection):
     )
 
 
+class EntitiesSinkSection(SecondarySinkSection):
+    type: Literal["entities"]
+    user_attributes: list[str] = Field(
+        default_factory=lambda: ["user.name", "user", "auth.user", "user.id"],
+        description="Attributes naming the User of an event; the first present wins.",
+    )
+    process_name_attributes: list[str] = Field(
+        default_factory=lambda: ["process.name"],
+        description="Attributes naming the process; the event's service is used otherwise.",
+    )
+    pid_attributes: list[str] = Field(
+        default_factory=lambda: ["process.pid", "syslog.pid"],
+        description="Attributes holding the process id. A Process entity needs a pid or "
+        "a process name attribute.",
+    )
+    container_attributes: list[str] = Field(
+        default_factory=lambda: ["container.id", "container.name", "k8s.container.name"],
+        description="Attributes naming the Container of an event; the first present wins.",
+    )
+    max_key_bytes: int = Field(
+        256, ge=16, description="Entity keys longer than this (UTF-8) are not taken."
+    )
+    default_page_size: int = Field(
+        100, ge=1, description="QueryEntities events per page when page_size is 0."
+    )
+    max_page_size: int = Field(
+        1000, ge=1, description="Hard limit of QueryEntities events per page."
+    )
+    default_neighbors: int = Field(
+        50, ge=0, description="QueryEntities neighbours when max_neighbors is 0."
+    )
+    max_neighbors: int = Field(500, ge=0, description="Hard limit of QueryEntities neighbours.")
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> EntitiesSinkSection:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError(
+                f"default_page_size: must not exceed max_page_size ({self.max_page_size})"
+            )
+        if self.default_neighbors > self.max_neighbors:
+            raise ValueError(
+                f"default_neighbors: must not exceed max_neighbors ({self.max_neighbors})"
+            )
+        return self
+
+
 SinkSection = Annotated[
-    LokiSinkSection | NatsSinkSection | FileSinkSection, Field(discriminator="type")
+    LokiSinkSection | NatsSinkSection | FileSinkSection | EntitiesSinkSection,
+    Field(discriminator="type"),
 ]

@@ -123,6 +123,20 @@ def redacted(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def session_options(config: PostgresSection) -> dict[str, Any]:
+    """asyncpg connection options of every EdgeBot session: timeouts, schema, UTC."""
+    return {
+        "command_timeout": config.command_timeout_s,
+        "server_settings": {
+            "application_name": "edgebot-storage",
+            # public last: where extensions such as timescaledb put their functions.
+            "search_path": f"{config.schema_name}, public",
+            "statement_timeout": str(config.statement_timeout_ms),
+            "timezone": "UTC",
+        },
+    }
+
+
 def utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
@@ -167,16 +181,7 @@ class PostgresSink:
         return conn
 
     def _session(self) -> dict[str, Any]:
-        return {
-            "command_timeout": self.config.command_timeout_s,
-            "server_settings": {
-                "application_name": "edgebot-storage",
-                # public last: where extensions such as timescaledb put their functions.
-                "search_path": f"{self.config.schema_name}, public",
-                "statement_timeout": str(self.config.statement_timeout_ms),
-                "timezone": "UTC",
-            },
-        }
+        return session_options(self.config)
 
     async def open(self) -> None:
         try:
