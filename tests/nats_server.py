@@ -15,10 +15,16 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import RawStreamMsg
-from pg_server import free_tcp_port
 
 CANDIDATES = ("nats-server", "/usr/sbin/nats-server")
 START_TIMEOUT_S = 10.0
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def nats_server_binary() -> str:
