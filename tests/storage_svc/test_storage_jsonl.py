@@ -48,7 +48,7 @@ async def test_a_line_is_the_whole_event_as_json(tmp_path: Path) -> None:
     [line] = (tmp_path / "events.jsonl").read_text().splitlines()
     assert json.loads(line) == {
         "id": "ev-000007",
-        "time": "2023-11-14T22:13:27.123457Z",
+        "time": "2023-11-14T22:13:27.123456Z",
         "time_ns": 1_700_000_007_123_456_789,
         "type": "syslog",
         "source": "site-a/syslog-udp",
