@@ -1,4 +1,4 @@
-"""Exponential backoff with jitter, shared by every client that retries."""
+"""Exponential backoff with jitter, for every loop that retries a peer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 def backoff_delay(
     attempt: int, initial_s: float, max_s: float, rand: Callable[[], float] = random.random
 ) -> float:
-    """Between half and all of min(max, initial * 2^attempt) seconds."""
+    """Between half and all of min(max, initial * 2^attempt): "equal jitter", so retries of
+    many clients spread out while each still waits at least half the ceiling."""
     ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 32))
     return ceiling / 2 + rand() * ceiling / 2

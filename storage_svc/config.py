@@ -1,4 +1,5 @@
-"""Storage configuration: which primary sink, its database file, query and tail limits."""
+"""Storage configuration: which primary sink, its database file, query and tail limits,
+the secondary sinks and the outbox that feeds them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from mesh.config import Section, ServiceConfig
+from storage_svc.sinks_config import EntitiesSinkSection, SinkSection
 
 
 class StorageSection(Section):
@@ -127,9 +129,91 @@ class TailSection(Section):
     )
 
 
+class OutboxSection(Section):
+    path: Path = Field(
+        Path("edgebot-outbox.db"),
+        description="SQLite file of the durable outbox that feeds the secondary sinks; "
+        "opened only when a secondary sink is enabled.",
+    )
+    max_events: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most events the outbox holds. When a commit would exceed it, the "
+        "oldest events are dropped for the sinks that have not taken them yet (counted in "
+        'edgebot_outbox_dropped_total{sink,reason="full"}); the primary and the ack are '
+        "never affected.",
+    )
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        "FULL",
+        description="SQLite synchronous mode of the outbox. FULL: an acknowledged batch "
+        "reaches the secondaries after a power loss too; NORMAL: after a process crash.",
+    )
+    busy_timeout_ms: int = Field(
+        5000, ge=0, description="How long an outbox statement waits for a lock."
+    )
+    poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often an idle sink worker looks at the outbox when no commit "
+        "woke it sooner.",
+    )
+    stats_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the outbox depth and lag gauges and the per-sink health "
+        "entries are refreshed.",
+    )
+    recovery_batch_events: int = Field(
+        10_000,
+        ge=1,
+        description="At open, batches whose outbox commit did not happen (a crash between "
+        "the primary's commit and the outbox's) are read back from the primary; at most "
+        "this many events per batch.",
+    )
+
+
 class StorageServiceConfig(ServiceConfig):
     storage: StorageSection = Field(default_factory=StorageSection)
     sqlite: SqliteSection = Field(default_factory=SqliteSection)
     postgres: PostgresSection = Field(default_factory=PostgresSection)
     query: QuerySection = Field(default_factory=QuerySection)
     tail: TailSection = Field(default_factory=TailSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    sinks: list[SinkSection] = Field(
+        default_factory=list,
+        description="Secondary sinks (loki, nats, file, entities), fed through the outbox "
+        "after the primary committed. Default: none (the primary only).",
+    )
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_sink_names(cls, sinks: list[SinkSection]) -> list[SinkSection]:
+        seen: dict[str, int] = {}
+        for index, sink in enumerate(sinks):
+            if sink.name in ("sqlite", "postgres"):
+                raise ValueError(f"sinks.{index}.name: {sink.name!r} is a primary sink's name")
+            if sink.name in seen:
+                raise ValueError(
+                    f"sinks.{index}.name: {sink.name!r} is already the name of "
+                    f"sinks.{seen[sink.name]}"
+                )
+            seen[sink.name] = index
+        graphs = [i for i, sink in enumerate(sinks) if sink.type == "entities" and sink.enabled]
+        if len(graphs) > 1:
+            raise ValueError(
+                f"sinks.{graphs[1]}: only one entities sink (the graph lives in the primary "
+                f"store, and sinks.{graphs[0]} already keeps it)"
+            )
+        return sinks
+
+    @property
+    def entity_graph(self) -> EntitiesSinkSection | None:
+        """The enabled entities sink, if any (QueryEntities needs one)."""
+        for sink in self.secondary_sinks:
+            if isinstance(sink, EntitiesSinkSection):
+                return sink
+        return None
+
+    @property
+    def secondary_sinks(self) -> list[SinkSection]:
+        return [sink for sink in self.sinks if sink.enabled]

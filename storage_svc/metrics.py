@@ -1,6 +1,6 @@
 """Storage metrics, named as the original mothership named them where it had them."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 DATABASE_WRITES = Counter(
     "mothership_database_writes_total",
@@ -11,4 +11,20 @@ EVENTS_WRITTEN = Counter(
     "mothership_database_events_total",
     "Events stored by a sink, and events it skipped because their id was already stored.",
     ["sink", "result"],
+)
+OUTBOX_DEPTH = Gauge(
+    "edgebot_outbox_depth",
+    "Events in the outbox that a secondary sink has not taken yet.",
+    ["sink"],
+)
+OUTBOX_LAG = Gauge(
+    "edgebot_outbox_lag_seconds",
+    "Age of the oldest event in the outbox that a secondary sink has not taken yet.",
+    ["sink"],
+)
+OUTBOX_DROPPED = Counter(
+    "edgebot_outbox_dropped_total",
+    "Events a secondary sink will never get: reason full (the outbox reached max_events "
+    "and dropped its oldest) or outbox_error (the outbox file could not be written).",
+    ["sink", "reason"],
 )

@@ -15,11 +15,22 @@ from mesh.timeutil import NS_PER_S, ns_to_ts, ts_to_ns
 from mesh.types import Context
 from storage_svc import metrics
 from storage_svc.config import StorageServiceConfig
+from storage_svc.entities import (
+    KINDS,
+    Entity,
+    EntityAnswer,
+    EntityGraph,
+    Relation,
+    parse_entity_query,
+)
+from storage_svc.fanout import FanOut, HealthListener, SinkWorker
+from storage_svc.outbox import Outbox, OutboxError
 from storage_svc.query import (
     BucketCount,
     InvalidArgument,
     PagePosition,
     PageRequest,
+    SortOrder,
     decode_page_token,
     encode_page_token,
     fitting,
@@ -33,6 +44,7 @@ from storage_svc.sinks.base import (
     Health,
     PrimarySink,
     QueryPage,
+    SecondarySink,
     SinkError,
     SinkOpenError,
     SinkState,
@@ -40,8 +52,11 @@ from storage_svc.sinks.base import (
     StoreTotals,
     WriteOutcome,
 )
+from storage_svc.sinks.entities import EntitySink
+from storage_svc.sinks.factory import secondary_sink
 from storage_svc.sinks.postgres import PostgresSink
 from storage_svc.sinks.sqlite import SqliteSink
+from storage_svc.sinks_config import EntitiesSinkSection, SecondarySinkSection
 from storage_svc.tail import (
     SubscriberOverflow,
     TailClosed,
@@ -58,11 +73,23 @@ _CALLERS = kinds(Kind.SERVICE, Kind.OPERATOR)
 POLICY = AccessPolicy(
     methods={
         method: _CALLERS
-        for method in ("Write", "QueryEvents", "AggregateEvents", "TailEvents", "GetStats")
+        for method in (
+            "Write",
+            "QueryEvents",
+            "AggregateEvents",
+            "TailEvents",
+            "GetStats",
+            "QueryEntities",
+        )
     }
 )
 DEFAULT_BUCKET_NS = 3600 * NS_PER_S
 RETRY_AFTER_S = 1.0
+ENTITY_KINDS = {kind: value for value, kind in KINDS.items()}
+RELATIONS = {
+    Relation.GENERATED: storage_pb2.ENTITY_RELATION_GENERATED,
+    Relation.EXECUTED: storage_pb2.ENTITY_RELATION_EXECUTED,
+}
 SINK_HEALTH = {
     Health.UP: storage_pb2.SINK_HEALTH_UP,
     Health.DEGRADED: storage_pb2.SINK_HEALTH_DEGRADED,
@@ -83,11 +110,25 @@ async def _translated_errors(context: Context, sink_reason: str) -> AsyncIterato
         )
 
 
+def sink_health_name(sink: str) -> str:
+    """The grpc.health.v1 entry of a secondary sink: SERVING unless the sink is DOWN."""
+    return f"{SERVICE_NAME}/sink/{sink}"
+
+
 class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
-    def __init__(self, sink: PrimarySink, hub: TailHub, config: StorageServiceConfig) -> None:
+    def __init__(
+        self,
+        sink: PrimarySink,
+        fanout: FanOut,
+        hub: TailHub,
+        config: StorageServiceConfig,
+        graph: EntityGraph | None = None,
+    ) -> None:
         self.sink = sink
+        self.fanout = fanout
         self.hub = hub
         self.config = config
+        self.graph = graph
 
     async def Write(
         self, request: storage_pb2.WriteRequest, context: Context
@@ -97,7 +138,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 context, "batch.batch_id", "required: it is the ledger key for re-sent batches"
             )
         try:
-            outcome = await self.sink.write(_batch_write(request))
+            outcome = await self.fanout.write(_batch_write(request))
         except SinkError as exc:
             metrics.DATABASE_WRITES.labels(self.sink.name, "failed").inc()
             await abort_with_retry(
@@ -174,7 +215,58 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     ) -> storage_pb2.StorageServiceGetStatsResponse:
         async with _translated_errors(context, "STORAGE_READ_FAILED"):
             totals = await self.sink.totals()
-        return _stats_response(totals, [self.sink.state()])
+        try:
+            states = await self.fanout.states()
+        except OutboxError as exc:
+            await abort_with_retry(
+                context, grpc.StatusCode.UNAVAILABLE, str(exc), RETRY_AFTER_S, "OUTBOX_READ_FAILED"
+            )
+        return _stats_response(totals, states)
+
+    async def QueryEntities(
+        self, request: storage_pb2.QueryEntitiesRequest, context: Context
+    ) -> storage_pb2.QueryEntitiesResponse:
+        graph = self.graph
+        if graph is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "QueryEntities needs an entities sink: add {type: entities} to sinks",
+            )
+        async with _translated_errors(context, "STORAGE_READ_FAILED"):
+            query = parse_entity_query(request, graph.settings)
+            answer = await graph.query(query)
+        if answer is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no {query.ref.kind.value} entity {query.ref.key!r} was ever stored",
+            )
+        return _entities_response(answer)
+
+
+def _entity(entity: Entity) -> storage_pb2.Entity:
+    proto = storage_pb2.Entity(
+        kind=ENTITY_KINDS[entity.kind], key=entity.key, relation=RELATIONS[entity.relation]
+    )
+    ns_to_ts(entity.first_ns, proto.first_seen_time)
+    ns_to_ts(entity.last_ns, proto.last_seen_time)
+    return proto
+
+
+def _entities_response(answer: EntityAnswer) -> storage_pb2.QueryEntitiesResponse:
+    response = storage_pb2.QueryEntitiesResponse(
+        entity=_entity(answer.entity),
+        events=answer.page.events,
+        neighbors=[
+            storage_pb2.EntityNeighbor(entity=_entity(n.entity), shared_events=n.shared_events)
+            for n in answer.neighbors
+        ],
+        event_count=answer.event_count,
+    )
+    if answer.page.next_position is not None:
+        response.next_page_token = encode_page_token(
+            SortOrder.NEWEST_FIRST, answer.page.next_position
+        )
+    return response
 
 
 def _batch_write(request: storage_pb2.WriteRequest) -> BatchWrite:
@@ -250,7 +342,7 @@ def _tail_responses(
 
 
 def _sink_state(state: SinkState) -> storage_pb2.SinkState:
-    return storage_pb2.SinkState(
+    proto = storage_pb2.SinkState(
         name=state.name,
         kind=state.kind,
         primary=state.primary,
@@ -258,7 +350,13 @@ def _sink_state(state: SinkState) -> storage_pb2.SinkState:
         written=state.written,
         failed=state.failed,
         last_error=state.last_error,
+        outbox_depth=state.outbox_depth,
+        rejected=state.rejected,
+        dropped=state.dropped,
     )
+    if not state.primary:
+        proto.outbox_lag.FromNanoseconds(int(state.outbox_lag_s * NS_PER_S))
+    return proto
 
 
 def _stats_response(
@@ -285,12 +383,44 @@ def primary_sink(config: StorageServiceConfig, hub: TailHub) -> PrimarySink:
     raise SinkOpenError(f"storage.primary: unknown sink {config.storage.primary!r}")
 
 
+def fan_out(
+    config: StorageServiceConfig,
+    primary: PrimarySink,
+    sinks: Sequence[tuple[SecondarySinkSection, SecondarySink]],
+    on_health: HealthListener,
+) -> FanOut:
+    """The primary alone, or with the outbox and one worker per enabled secondary sink."""
+    if not sinks:
+        return FanOut(primary, None, [], config.outbox)
+    outbox = Outbox(config.outbox, [section.name for section, _ in sinks])
+    poll_s = config.outbox.poll_interval_s
+    workers = [SinkWorker(sink, section, outbox, poll_s) for section, sink in sinks]
+    return FanOut(primary, outbox, workers, config.outbox, on_health)
+
+
+def entity_graph(
+    sinks: Sequence[tuple[SecondarySinkSection, SecondarySink]],
+) -> EntityGraph | None:
+    """The read side of the entities sink, if one is enabled."""
+    for section, sink in sinks:
+        if isinstance(sink, EntitySink) and isinstance(section, EntitiesSinkSection):
+            return EntityGraph(sink.store, section)
+    return None
+
+
 class StorageApp:
+    """Health: the overall entry and StorageService follow the primary only; each
+    secondary sink has its own entry (``sink_health_name``) that is NOT_SERVING while that
+    sink is DOWN. A secondary that is down degrades the service, it does not stop it."""
+
     def __init__(self, config: StorageServiceConfig) -> None:
         self.config = config
         self.hub = TailHub()
         self.sink = primary_sink(config, self.hub)
-        self.servicer = StorageServicer(self.sink, self.hub, config)
+        sinks = [(section, secondary_sink(section, config)) for section in config.secondary_sinks]
+        self.fanout = fan_out(config, self.sink, sinks, self._sink_health)
+        self.graph = entity_graph(sinks)
+        self.servicer = StorageServicer(self.sink, self.fanout, self.hub, config, self.graph)
         self.runtime = ServiceRuntime(
             name="storage",
             config=config,
@@ -305,15 +435,20 @@ class StorageApp:
     async def _end_tails(self) -> None:
         self.hub.close()
 
+    async def _sink_health(self, sink: str, health: Health) -> None:
+        await self.runtime.set_serving(health is not Health.DOWN, sink_health_name(sink))
+
     async def open(self) -> None:
         try:
             await self.sink.open()
-        except SinkOpenError as exc:
+            await self.fanout.open()
+        except (SinkOpenError, OutboxError) as exc:
             log.error("storage stays NOT_SERVING: %s", exc)
             raise
         await self.runtime.set_serving(True)
 
     async def close(self) -> None:
+        await self.fanout.close()
         await self.sink.close()
 
 
@@ -321,4 +456,4 @@ def build(config: StorageServiceConfig) -> StorageApp:
     return StorageApp(config)
 
 
-__all__ = ["StorageApp", "StorageServicer", "build"]
+__all__ = ["StorageApp", "StorageServicer", "build", "sink_health_name"]

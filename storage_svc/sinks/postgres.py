@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg  # no stubs or py.typed (asyncpg 0.32)
 
+from gen.edgebot.v1 import event_pb2
 from mesh.timeutil import NS_PER_S, now_ns
 from storage_svc.config import PostgresSection
 from storage_svc.query import (
@@ -122,6 +123,20 @@ def redacted(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def session_options(config: PostgresSection) -> dict[str, Any]:
+    """asyncpg connection options of every EdgeBot session: timeouts, schema, UTC."""
+    return {
+        "command_timeout": config.command_timeout_s,
+        "server_settings": {
+            "application_name": "edgebot-storage",
+            # public last: where extensions such as timescaledb put their functions.
+            "search_path": f"{config.schema_name}, public",
+            "statement_timeout": str(config.statement_timeout_ms),
+            "timezone": "UTC",
+        },
+    }
+
+
 def utc_today() -> dt.date:
     return dt.datetime.now(dt.UTC).date()
 
@@ -166,16 +181,7 @@ class PostgresSink:
         return conn
 
     def _session(self) -> dict[str, Any]:
-        return {
-            "command_timeout": self.config.command_timeout_s,
-            "server_settings": {
-                "application_name": "edgebot-storage",
-                # public last: where extensions such as timescaledb put their functions.
-                "search_path": f"{self.config.schema_name}, public",
-                "statement_timeout": str(self.config.statement_timeout_ms),
-                "timezone": "UTC",
-            },
-        }
+        return session_options(self.config)
 
     async def open(self) -> None:
         try:
@@ -265,17 +271,17 @@ class PostgresSink:
         self._health = Health.UP
         if stored is None:
             return WriteOutcome(True, 0, len(batch.events), seconds)
-        written, last_seq = stored
+        written, last_seq, skipped = stored
         self._written += written
         if written:
             self._feed.committed(last_seq)
-        return WriteOutcome(False, written, len(batch.events) - written, seconds)
+        return WriteOutcome(False, written, len(batch.events) - written, seconds, skipped)
 
     async def _transaction(
         self, conn: asyncpg.Connection, batch: BatchWrite, records: list[Record]
-    ) -> tuple[int, int] | None:
-        """How many events the batch added and the last seq it used (0 when none), or None
-        when its batch_id is in the ledger."""
+    ) -> tuple[int, int, frozenset[str]] | None:
+        """How many events the batch added, the last seq it used (0 when none) and the ids
+        it skipped as stored before, or None when its batch_id is in the ledger."""
         async with conn.transaction():
             ledger = (batch.batch_id, batch.agent_id, batch.seq, len(batch.events))
             if await conn.fetchval(CLAIM_BATCH, *ledger) is None:
@@ -290,9 +296,11 @@ class PostgresSink:
                 await conn.copy_records_to_table("events", records=numbered, columns=EVENT_COLUMNS)
             await _copy_refused(conn, batch)
             duplicates = len(batch.events) - len(fresh)
+            skipped: frozenset[str] = frozenset()
             if duplicates:
                 await conn.execute(UPDATE_LEDGER, len(fresh), duplicates, batch.batch_id)
-        return len(fresh), last
+                skipped = frozenset(r[RECORD_ID] for r in records) - {r[RECORD_ID] for r in fresh}
+        return len(fresh), last, skipped
 
     async def _ensure_partitions(self, pool: asyncpg.Pool, records: list[Record]) -> None:
         if self._partitioning is not Partitioning.NATIVE:
@@ -397,6 +405,19 @@ class PostgresSink:
         since_ns = now_ns() - HOUR_NS
         rows = await self._read(TOTALS, [ns_to_timestamptz(since_ns), since_ns])
         return StoreTotals(*(int(value) for value in rows[0]))
+
+    async def batch_events(
+        self, batch_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[event_pb2.Event]:
+        conditions = Conditions()
+        # The ts bounds let the planner look at the batch's partitions only.
+        conditions.add(f"ts >= {conditions.param(ns_to_timestamptz(start_ns))}")
+        conditions.add(f"ts <= {conditions.param(ns_to_timestamptz(end_ns))}")
+        conditions.add(f"batch_id = {conditions.param(batch_id)}")
+        sql = (
+            f"{SELECT_EVENT} WHERE {conditions.sql()} ORDER BY seq LIMIT {conditions.param(limit)}"
+        )
+        return [stored_event(row).event for row in await self._read(sql, conditions.params)]
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
         pool = self._open_pool()

@@ -52,10 +52,22 @@ QUARANTINE_COLUMNS = (
     "batch_id",
     "event",
 )
-SELECT_EVENT = (
-    "SELECT seq, event_id, ts_ns, observed_ns, type, source, host, service, severity, "
-    "message, attributes, tags, raw FROM events"
+SELECTED_COLUMNS = (
+    "seq",
+    "event_id",
+    "ts_ns",
+    "observed_ns",
+    "type",
+    "source",
+    "host",
+    "service",
+    "severity",
+    "message",
+    "attributes",
+    "tags",
+    "raw",
 )
+SELECT_EVENT = f"SELECT {', '.join(SELECTED_COLUMNS)} FROM events"
 GROUP_COLUMNS = {
     GroupBy.NONE: "''",
     GroupBy.TYPE: "type",

@@ -101,7 +101,25 @@ LEDGER_TABLES = (
         stored_at timestamptz NOT NULL DEFAULT now()
     )""",
 )
-SCHEMA_VERSION = 1
+ENTITY_TABLES = (
+    """CREATE TABLE entities (
+        kind text NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        first_ns bigint NOT NULL,
+        last_ns bigint NOT NULL,
+        PRIMARY KEY (kind, key)
+    )""",
+    """CREATE TABLE entity_events (
+        kind text NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        ts_ns bigint NOT NULL,
+        event_id text COLLATE "C" NOT NULL,
+        relation text NOT NULL,
+        PRIMARY KEY (kind, key, ts_ns, event_id)
+    )""",
+    "CREATE INDEX entity_events_event ON entity_events (event_id)",
+)
+SCHEMA_VERSION = 2
 
 
 async def timescale_available(conn: asyncpg.Connection) -> bool:
@@ -132,7 +150,13 @@ async def _schema_v1(conn: asyncpg.Connection) -> None:
         await conn.execute(statement)
 
 
-MIGRATIONS = (_schema_v1,)
+async def _schema_v2(conn: asyncpg.Connection) -> None:
+    """The entity graph (the entities sink): entities and their edges to events."""
+    for statement in ENTITY_TABLES:
+        await conn.execute(statement)
+
+
+MIGRATIONS = (_schema_v1, _schema_v2)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -239,5 +263,10 @@ async def drop_chunks_before(conn: asyncpg.Connection, cutoff: dt.date) -> list[
 
 
 async def _forget_ids_before(conn: asyncpg.Connection, cutoff: dt.date) -> None:
+    """Forget the event ids and entity-graph edges of the events retention dropped, and the
+    entities seen only before."""
     start = dt.datetime.combine(cutoff, dt.time(), dt.UTC)
     await conn.execute("DELETE FROM event_ids WHERE ts < $1", start)
+    start_ns = int(start.timestamp()) * 1_000_000_000
+    await conn.execute("DELETE FROM entity_events WHERE ts_ns < $1", start_ns)
+    await conn.execute("DELETE FROM entities WHERE last_ns < $1", start_ns)

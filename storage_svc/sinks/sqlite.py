@@ -160,7 +160,10 @@ class SqliteSink:
         seconds = time.perf_counter() - started
         if stored is None:
             return WriteOutcome(True, 0, len(batch.events), seconds)
-        return WriteOutcome(False, len(stored), len(batch.events) - len(stored), seconds)
+        duplicates = len(batch.events) - len(stored)
+        return WriteOutcome(
+            False, len(stored), duplicates, seconds, _skipped_ids(batch, stored, duplicates)
+        )
 
     async def _transaction(
         self, db: aiosqlite.Connection, batch: BatchWrite
@@ -255,6 +258,15 @@ class SqliteSink:
         rows = await self._read(TOTALS, [now_ns() - HOUR_NS])
         return StoreTotals(*(int(value) for value in rows[0]))
 
+    async def batch_events(
+        self, batch_id: str, start_ns: int, end_ns: int, limit: int
+    ) -> list[event_pb2.Event]:
+        sql = (
+            f"{SELECT_EVENT} WHERE ts_ns >= ? AND ts_ns <= ? AND batch_id = ? ORDER BY seq LIMIT ?"
+        )
+        rows = await self._read(sql, [start_ns, end_ns, batch_id, limit])
+        return [stored_event(row).event for row in rows]
+
     async def _read(self, sql: str, params: Sequence[Any]) -> list[Row]:
         db = self._connection(self._reader)
         try:
@@ -267,6 +279,14 @@ class SqliteSink:
         if db is None:
             raise SinkError(f"sqlite database {self.path} is not open")
         return db
+
+
+def _skipped_ids(
+    batch: BatchWrite, stored: Sequence[StoredEvent], duplicates: int
+) -> frozenset[str]:
+    if not duplicates:
+        return frozenset()
+    return frozenset(event.id for event in batch.events) - {s.event.id for s in stored}
 
 
 async def _scalar(db: aiosqlite.Connection, sql: str) -> int:

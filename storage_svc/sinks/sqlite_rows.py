@@ -24,10 +24,22 @@ INSERT_QUARANTINED = (
     "INSERT INTO quarantine (event_index, event_id, processor, reason, agent_id, batch_id, "
     "event, stored_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
-SELECT_EVENT = (
-    "SELECT seq, id, ts_ns, observed_ns, type, source, host, service, severity, message, "
-    "attributes, tags, raw FROM events"
+SELECTED_COLUMNS = (
+    "seq",
+    "id",
+    "ts_ns",
+    "observed_ns",
+    "type",
+    "source",
+    "host",
+    "service",
+    "severity",
+    "message",
+    "attributes",
+    "tags",
+    "raw",
 )
+SELECT_EVENT = f"SELECT {', '.join(SELECTED_COLUMNS)} FROM events"
 GROUP_COLUMNS = {
     GroupBy.NONE: "''",
     GroupBy.TYPE: "type",

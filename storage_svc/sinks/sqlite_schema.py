@@ -61,6 +61,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             stored_ns INTEGER NOT NULL
         )""",
     ),
+    (
+        # The entity graph (the entities sink): entities and their edges to events.
+        """CREATE TABLE entities (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            first_ns INTEGER NOT NULL,
+            last_ns INTEGER NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE entity_events (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            ts_ns INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            relation TEXT NOT NULL,
+            PRIMARY KEY (kind, key, ts_ns, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX entity_events_event ON entity_events (event_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

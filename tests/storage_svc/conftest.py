@@ -1,5 +1,5 @@
 """A storage service on free ports with mTLS, over SQLite in the test's tmp_path or over a
-fresh database on the suite's own PostgreSQL server."""
+fresh database on the suite's own PostgreSQL server; a private nats-server for NATS tests."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats_server import nats_server
 from pg_server import PgSchema, PgServer, pg_server
 from storage_helpers import StorageClients, Store, start_storage
 from support import Pki
 
 from storage_svc import StorageApp
 
-__all__ = ["pg_server"]
+__all__ = ["nats_server", "pg_server"]
 
 
 @pytest.fixture

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +64,41 @@ async def start_storage(pki: Pki, store: Store, **sections: Any) -> AsyncIterato
     app = build(storage_config(pki, store, **sections))
     async with running(app):
         yield app
+
+
+def fast_outbox(directory: Path, **settings: Any) -> dict[str, Any]:
+    """An outbox section in ``directory`` that wakes and reports quickly."""
+    return {
+        "path": str(directory / "outbox.db"),
+        "poll_interval_s": 0.05,
+        "stats_interval_s": 0.05,
+        **settings,
+    }
+
+
+FAST_RETRY = {"retry_initial_s": 0.05, "retry_max_s": 0.2}
+
+
+def file_sink(directory: Path, name: str = "archive", **settings: Any) -> dict[str, Any]:
+    return {"type": "file", "name": name, "directory": str(directory), **FAST_RETRY, **settings}
+
+
+def jsonl_documents(directory: Path, prefix: str = "events") -> list[dict[str, Any]]:
+    """Every line of the file sink's files (rotated, compressed or not, then the active one)."""
+    found: list[dict[str, Any]] = []
+    if not directory.is_dir():
+        return found
+    rotated = sorted(directory.glob(f"{prefix}-*.jsonl*"))
+    for path in [*rotated, directory / f"{prefix}.jsonl"]:
+        if not path.exists() or path.name.endswith(".tmp"):
+            continue
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        found.extend(json.loads(line) for line in raw.splitlines())
+    return found
+
+
+def jsonl_ids(directory: Path, prefix: str = "events") -> list[str]:
+    return [document["id"] for document in jsonl_documents(directory, prefix)]
 
 
 def event(

@@ -14,6 +14,7 @@ from support import Pki, secure_channel
 from gen.edgebot.v1 import storage_pb2, storage_pb2_grpc
 from storage_svc import StorageApp, build
 from storage_svc.sinks import SinkOpenError
+from storage_svc.sinks.sqlite_schema import SCHEMA_VERSION
 
 SERVICE = "edgebot.v1.StorageService"
 
@@ -82,5 +83,5 @@ async def test_reopening_runs_no_migration_twice(pki: Pki, db_path: Path) -> Non
         await app.sink.open()
         await app.close()
     with sqlite3.connect(db_path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -81,6 +81,47 @@ SINK_HEALTH_DEGRADED: SinkHealth.ValueType  # 2
 SINK_HEALTH_DOWN: SinkHealth.ValueType  # 3
 Global___SinkHealth: _TypeAlias = SinkHealth  # noqa: Y015
 
+class _EntityKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntityKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntityKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTITY_KIND_UNSPECIFIED: _EntityKind.ValueType  # 0
+    ENTITY_KIND_HOST: _EntityKind.ValueType  # 1
+    ENTITY_KIND_USER: _EntityKind.ValueType  # 2
+    ENTITY_KIND_PROCESS: _EntityKind.ValueType  # 3
+    ENTITY_KIND_CONTAINER: _EntityKind.ValueType  # 4
+
+class EntityKind(_EntityKind, metaclass=_EntityKindEnumTypeWrapper): ...
+
+ENTITY_KIND_UNSPECIFIED: EntityKind.ValueType  # 0
+ENTITY_KIND_HOST: EntityKind.ValueType  # 1
+ENTITY_KIND_USER: EntityKind.ValueType  # 2
+ENTITY_KIND_PROCESS: EntityKind.ValueType  # 3
+ENTITY_KIND_CONTAINER: EntityKind.ValueType  # 4
+Global___EntityKind: _TypeAlias = EntityKind  # noqa: Y015
+
+class _EntityRelation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EntityRelationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntityRelation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENTITY_RELATION_UNSPECIFIED: _EntityRelation.ValueType  # 0
+    ENTITY_RELATION_GENERATED: _EntityRelation.ValueType  # 1
+    ENTITY_RELATION_EXECUTED: _EntityRelation.ValueType  # 2
+
+class EntityRelation(_EntityRelation, metaclass=_EntityRelationEnumTypeWrapper):
+    """How an entity relates to its events: a host or a container GENERATED them; a user or a
+    process EXECUTED what they report.
+    """
+
+ENTITY_RELATION_UNSPECIFIED: EntityRelation.ValueType  # 0
+ENTITY_RELATION_GENERATED: EntityRelation.ValueType  # 1
+ENTITY_RELATION_EXECUTED: EntityRelation.ValueType  # 2
+Global___EntityRelation: _TypeAlias = EntityRelation  # noqa: Y015
+
 @_typing.final
 class WriteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -456,17 +497,28 @@ class SinkState(_message.Message):
     OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
     OUTBOX_LAG_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     kind: _builtins.str
-    """"sqlite", "postgres", "loki", "nats", "file"."""
+    """"sqlite", "postgres", "loki", "nats", "file", "entities"."""
     primary: _builtins.bool
     health: Global___SinkHealth.ValueType
     written: _builtins.int
+    """Events stored (a secondary: events the sink took)."""
     failed: _builtins.int
+    """Failed write attempts (each retried)."""
     outbox_depth: _builtins.int
+    """Secondary sinks: events in the outbox the sink has not taken yet."""
     last_error: _builtins.str
+    dropped: _builtins.int
+    """Secondary sinks: events dropped from the outbox (full) before this sink took them."""
+    rejected: _builtins.int
+    """Secondary sinks: events the sink refused for good (e.g. Loki 400), never retried."""
     @_builtins.property
-    def outbox_lag(self) -> _duration_pb2.Duration: ...
+    def outbox_lag(self) -> _duration_pb2.Duration:
+        """Secondary sinks: age of the oldest of those events."""
+
     def __init__(
         self,
         *,
@@ -479,10 +531,12 @@ class SinkState(_message.Message):
         outbox_depth: _builtins.int = ...,
         outbox_lag: _duration_pb2.Duration | None = ...,
         last_error: _builtins.str = ...,
+        dropped: _builtins.int = ...,
+        rejected: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["outbox_lag", b"outbox_lag"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "health", b"health", "kind", b"kind", "last_error", b"last_error", "name", b"name", "outbox_depth", b"outbox_depth", "outbox_lag", b"outbox_lag", "primary", b"primary", "written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "failed", b"failed", "health", b"health", "kind", b"kind", "last_error", b"last_error", "name", b"name", "outbox_depth", b"outbox_depth", "outbox_lag", b"outbox_lag", "primary", b"primary", "rejected", b"rejected", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,3 +579,168 @@ class StorageServiceGetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StorageServiceGetStatsResponse: _TypeAlias = StorageServiceGetStatsResponse  # noqa: Y015
+
+@_typing.final
+class EntityRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    kind: Global___EntityKind.ValueType
+    key: _builtins.str
+    """A host name, a user name, a container id or name; a process is "<host>/<name>[<pid>]"
+    ("<host>/<name>" without a pid).
+    """
+    def __init__(
+        self,
+        *,
+        kind: Global___EntityKind.ValueType = ...,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntityRef: _TypeAlias = EntityRef  # noqa: Y015
+
+@_typing.final
+class Entity(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    RELATION_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___EntityKind.ValueType
+    key: _builtins.str
+    relation: Global___EntityRelation.ValueType
+    @_builtins.property
+    def first_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """Times of its first and last events ever stored."""
+
+    @_builtins.property
+    def last_seen_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___EntityKind.ValueType = ...,
+        key: _builtins.str = ...,
+        relation: Global___EntityRelation.ValueType = ...,
+        first_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "last_seen_time", b"last_seen_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_seen_time", b"first_seen_time", "key", b"key", "kind", b"kind", "last_seen_time", b"last_seen_time", "relation", b"relation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Entity: _TypeAlias = Entity  # noqa: Y015
+
+@_typing.final
+class EntityNeighbor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_FIELD_NUMBER: _builtins.int
+    SHARED_EVENTS_FIELD_NUMBER: _builtins.int
+    shared_events: _builtins.int
+    """Events within the time range linked to both entities."""
+    @_builtins.property
+    def entity(self) -> Global___Entity: ...
+    def __init__(
+        self,
+        *,
+        entity: Global___Entity | None = ...,
+        shared_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "shared_events", b"shared_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EntityNeighbor: _TypeAlias = EntityNeighbor  # noqa: Y015
+
+@_typing.final
+class QueryEntitiesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_NEIGHBORS_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Events per page, newest first; capped by the server's maximum; 0 means the default."""
+    page_token: _builtins.str
+    max_neighbors: _builtins.int
+    """Most neighbours returned (most shared events first); capped; 0 means the default."""
+    @_builtins.property
+    def entity(self) -> Global___EntityRef: ...
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Inclusive; unset: no lower bound."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Exclusive; unset: no upper bound."""
+
+    def __init__(
+        self,
+        *,
+        entity: Global___EntityRef | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        max_neighbors: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entity", b"entity", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "entity", b"entity", "max_neighbors", b"max_neighbors", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEntitiesRequest: _TypeAlias = QueryEntitiesRequest  # noqa: Y015
+
+@_typing.final
+class QueryEntitiesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTITY_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEIGHBORS_FIELD_NUMBER: _builtins.int
+    EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    event_count: _builtins.int
+    """The entity's events within the time range."""
+    next_page_token: _builtins.str
+    """Empty when there are no more pages."""
+    @_builtins.property
+    def entity(self) -> Global___Entity: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]: ...
+    @_builtins.property
+    def neighbors(self) -> _containers.RepeatedCompositeFieldContainer[Global___EntityNeighbor]:
+        """On the first page only (the request had no page_token)."""
+
+    def __init__(
+        self,
+        *,
+        entity: Global___Entity | None = ...,
+        events: _abc.Iterable[_event_pb2.Event] | None = ...,
+        neighbors: _abc.Iterable[Global___EntityNeighbor] | None = ...,
+        event_count: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity", b"entity", "event_count", b"event_count", "events", b"events", "neighbors", b"neighbors", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEntitiesResponse: _TypeAlias = QueryEntitiesResponse  # noqa: Y015

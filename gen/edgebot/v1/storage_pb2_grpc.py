@@ -60,6 +60,11 @@ class StorageServiceStub:
                 request_serializer=edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsRequest.SerializeToString,
                 response_deserializer=edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsResponse.FromString,
                 _registered_method=True)
+        self.QueryEntities = channel.unary_unary(
+                '/edgebot.v1.StorageService/QueryEntities',
+                request_serializer=edgebot_dot_v1_dot_storage__pb2.QueryEntitiesRequest.SerializeToString,
+                response_deserializer=edgebot_dot_v1_dot_storage__pb2.QueryEntitiesResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -98,6 +103,15 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryEntities(self, request, context):
+        """One entity of the graph (a host, user, process or container): its events and the
+        entities that share them, over a time range. Needs an "entities" sink
+        (FAILED_PRECONDITION otherwise); NOT_FOUND for an entity never seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +139,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsRequest.FromString,
                     response_serializer=edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsResponse.SerializeToString,
+            ),
+            'QueryEntities': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryEntities,
+                    request_deserializer=edgebot_dot_v1_dot_storage__pb2.QueryEntitiesRequest.FromString,
+                    response_serializer=edgebot_dot_v1_dot_storage__pb2.QueryEntitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +282,33 @@ class StorageService:
             '/edgebot.v1.StorageService/GetStats',
             edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsRequest.SerializeToString,
             edgebot_dot_v1_dot_storage__pb2.StorageServiceGetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryEntities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgebot.v1.StorageService/QueryEntities',
+            edgebot_dot_v1_dot_storage__pb2.QueryEntitiesRequest.SerializeToString,
+            edgebot_dot_v1_dot_storage__pb2.QueryEntitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

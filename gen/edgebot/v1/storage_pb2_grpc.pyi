@@ -40,6 +40,11 @@ class StorageServiceStub:
     TailEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.TailEventsRequest, _storage_pb2.TailEventsResponse]
     """Newly stored events matching a filter, from now or from a cursor."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_storage_pb2.StorageServiceGetStatsRequest, _storage_pb2.StorageServiceGetStatsResponse]
+    QueryEntities: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryEntitiesRequest, _storage_pb2.QueryEntitiesResponse]
+    """One entity of the graph (a host, user, process or container): its events and the
+    entities that share them, over a time range. Needs an "entities" sink
+    (FAILED_PRECONDITION otherwise); NOT_FOUND for an entity never seen.
+    """
 
 @_typing.type_check_only
 class StorageServiceAsyncStub(StorageServiceStub):
@@ -53,6 +58,11 @@ class StorageServiceAsyncStub(StorageServiceStub):
     TailEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.TailEventsRequest, _storage_pb2.TailEventsResponse]  # type: ignore[assignment]
     """Newly stored events matching a filter, from now or from a cursor."""
     GetStats: _aio.UnaryUnaryMultiCallable[_storage_pb2.StorageServiceGetStatsRequest, _storage_pb2.StorageServiceGetStatsResponse]  # type: ignore[assignment]
+    QueryEntities: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryEntitiesRequest, _storage_pb2.QueryEntitiesResponse]  # type: ignore[assignment]
+    """One entity of the graph (a host, user, process or container): its events and the
+    entities that share them, over a time range. Needs an "entities" sink
+    (FAILED_PRECONDITION otherwise); NOT_FOUND for an entity never seen.
+    """
 
 class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sinks and the read path."""
@@ -93,5 +103,16 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _storage_pb2.StorageServiceGetStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.StorageServiceGetStatsResponse, _abc.Awaitable[_storage_pb2.StorageServiceGetStatsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def QueryEntities(
+        self,
+        request: _storage_pb2.QueryEntitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.QueryEntitiesResponse, _abc.Awaitable[_storage_pb2.QueryEntitiesResponse]]:
+        """One entity of the graph (a host, user, process or container): its events and the
+        entities that share them, over a time range. Needs an "entities" sink
+        (FAILED_PRECONDITION otherwise); NOT_FOUND for an entity never seen.
+        """
 
 def add_StorageServiceServicer_to_server(servicer: StorageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
