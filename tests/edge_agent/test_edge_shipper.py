@@ -388,12 +388,13 @@ async def test_breaker_keeps_a_dead_address_out_of_the_rotation(
         for round_number in range(5):
             delivered += await agent.add(3, f"round {round_number}")
             await eventually(lambda: agent.spool.events == 0, what="spool to empty")
-            attempts = dead.connections
+            attempts, streams = dead.connections, len(double.hellos)
             await live.stop()
             await live.start()
             await eventually(
-                lambda: REGISTRY.get_sample_value("edgebot_shipper_connected") == 1,
-                what="reconnected",
+                lambda streams=streams: len(double.hellos) > streams,  # type: ignore[misc]
+                within=20,
+                what="a new stream to the live ingest",
             )
             if round_number >= 2:
                 assert dead.connections == attempts, "an open breaker let a call through"
