@@ -16,7 +16,7 @@ import grpc
 
 from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscription
 from anomaly_svc.config import AnomalyServiceConfig
-from anomaly_svc.models.manager import ModelManager, ModelState, ModelStatus
+from anomaly_svc.models.manager import ModelError, ModelManager, ModelState, ModelStatus
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
     AlertKind,
@@ -291,6 +291,22 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         statuses = await detection.models.rescan(list(request.agents), force=True)
         return anomaly_pb2.ReloadModelsResponse(models=[model_to_proto(s) for s in statuses])
 
+    async def RollbackModel(
+        self, request: anomaly_pb2.RollbackModelRequest, context: Context
+    ) -> anomaly_pb2.RollbackModelResponse:
+        detection = await self._ready(context)
+        if not request.agent:
+            await abort_invalid(context, "agent", "required")
+        try:
+            statuses = await detection.models.roll_back(request.agent, request.version)
+        except ModelError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot roll back: {exc}")
+        log.info(
+            "model rollback requested",
+            extra={"agent": request.agent, "version": request.version or "(previous)"},
+        )
+        return anomaly_pb2.RollbackModelResponse(models=[model_to_proto(s) for s in statuses])
+
     async def CreateExport(
         self, request: anomaly_pb2.CreateExportRequest, context: Context
     ) -> anomaly_pb2.CreateExportResponse:
@@ -375,6 +391,7 @@ def model_to_proto(status: ModelStatus) -> anomaly_pb2.ModelInfo:
         feature_names=list(metadata.get("feature_names", [])),
         threshold=float(metadata.get("threshold", 0.0)),
         error=status.error,
+        pinned=status.pinned,
     )
     if status.load_ns:
         ns_to_ts(status.load_ns, info.load_time)
