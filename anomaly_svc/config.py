@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
+from anomaly_svc.console.config import ConsoleSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 
@@ -72,6 +73,9 @@ class AnomalyServiceConfig(ServiceConfig):
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     cache: CacheSection = Field(default_factory=CacheSection)
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+    console: ConsoleSection = Field(
+        default_factory=ConsoleSection, description="The operator web console (off by default)."
+    )
 
     @field_validator("agents", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ import grpc
 
 from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscription
 from anomaly_svc.config import AnomalyServiceConfig
+from anomaly_svc.console import Console
 from anomaly_svc.models.manager import ModelError, ModelManager, ModelState, ModelStatus
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
@@ -458,6 +459,7 @@ class AnomalyApp:
         self.runtime.before_drain.append(self._end_streams)
         self.channel: grpc.aio.Channel | None = None
         self.detection: Detection | None = None
+        self.console: Console | None = None
 
     async def open(self) -> None:
         config = self.config
@@ -491,12 +493,24 @@ class AnomalyApp:
         )
         self.servicer.detection = self.detection
         await self.runtime.set_serving(True)
+        if config.console.enabled:
+            self.console = Console(
+                config.console,
+                config.tls,
+                f"{config.server.host}:{self.runtime.ports.grpc}",
+                config.storage.addresses,
+            )
+            await self.console.start()
 
     async def _end_streams(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.detection is not None:
             self.detection.hub.close()
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.detection is not None:
             await self.detection.scheduler.stop()
             await self.detection.models.stop()
