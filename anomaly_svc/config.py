@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
 from anomaly_svc.console.config import ConsoleSection
+from anomaly_svc.notify.settings import NotificationsSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 
@@ -53,12 +54,56 @@ class AlertsSection(Section):
 
 class CacheSection(Section):
     ttl_s: float = Field(60.0, ge=0, description="QueryEvents results kept this long; 0 = off.")
-    max_entries: int = Field(64, ge=1)
+    max_entries: int = Field(64, ge=1, description="Windows kept at most (oldest evicted).")
 
 
 class AnalysisSection(Section):
     page_size: int = Field(1000, ge=1, le=10_000, description="QueryEvents page size.")
     max_events: int = Field(200_000, ge=1, description="Events read per agent and cycle.")
+
+
+class ExportsSection(Section):
+    dir: Path | None = Field(
+        None,
+        description="Export files (<dir>/<export id>/) and their job registry (exports.db); "
+        "default: an 'exports' folder beside store.path.",
+    )
+    retention_s: float = Field(
+        7 * 86_400.0, gt=0, description="A finished export is deleted this long after it ended."
+    )
+    cleanup_interval_s: float = Field(
+        600.0, gt=0, description="How often expired exports are looked for."
+    )
+    max_concurrent: int = Field(1, ge=1, description="Export jobs running at the same time.")
+    max_pending: int = Field(
+        16, ge=1, description="Queued jobs at most; CreateExport beyond it is refused."
+    )
+    default_batch_size: int = Field(
+        1000, ge=1, description="Rows per batch when a spec leaves batch_size at 0."
+    )
+    max_batch_size: int = Field(
+        10_000, ge=1, description="Largest batch_size a spec may ask for (bounds memory)."
+    )
+    min_part_bytes: int = Field(
+        4096, ge=1024, description="Smallest max_part_bytes a spec may ask for."
+    )
+    max_export_bytes: int = Field(
+        8 * 1024**3, ge=1024, description="An export that grows past this many bytes fails."
+    )
+    download_chunk_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        le=4 * 1024 * 1024,
+        description="Bytes per DownloadExport message (below the gRPC message size limit).",
+    )
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _covers_default(cls, value: int, info: ValidationInfo) -> int:
+        default = info.data.get("default_batch_size")
+        if default is not None and value < default:
+            raise ValueError(f"must be at least exports.default_batch_size ({default})")
+        return value
 
 
 class AnomalyServiceConfig(ServiceConfig):
@@ -73,6 +118,16 @@ class AnomalyServiceConfig(ServiceConfig):
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     cache: CacheSection = Field(default_factory=CacheSection)
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+    exports: ExportsSection = Field(default_factory=ExportsSection)
+    notifications: NotificationsSection = Field(
+        default_factory=NotificationsSection,
+        description="E-mail and webhook notifications of alerts: channels and rules.",
+    )
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.exports.dir or self.store.path.parent / "exports"
+
     console: ConsoleSection = Field(
         default_factory=ConsoleSection, description="The operator web console (off by default)."
     )

@@ -1,9 +1,11 @@
 """The analysis scheduler: each enabled agent every ``interval_s`` over the window since its
 last run, and on demand; events come from StorageService.QueryEvents only.
 
-A scheduled cycle is deferred (reported, logged and counted, never skipped silently) while the
-ResourceMonitor says the machine is busy; the deferred window is kept, so the next cycle
-covers it. On-demand runs ignore the monitor unless ``resources.defer_on_demand`` is set.
+A scheduled cycle is deferred while the ResourceMonitor says the machine is busy — never
+skipped silently: it is logged, counted (``edgebot_anomaly_cycles_total{outcome="deferred"}``)
+and reported per agent in ListAgents (count, last reason and time). The deferred window is
+kept, so the next cycle covers it. On-demand runs ignore the monitor unless
+``resources.defer_on_demand`` is set.
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ class AgentRunner:
     anomalies_found: int = 0
     last_error: str = ""
     model_version: str = ""
+    deferred_cycles: int = 0
+    last_deferred_reason: str = ""
+    last_deferred_ns: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -193,6 +198,9 @@ class Scheduler:
         if defer_when_busy and (reason := self.monitor.busy_reason()):
             log.warning("analysis cycle deferred", extra={"agent": name, "reason": reason})
             metrics.CYCLES.labels(name, "deferred").inc()
+            runner.deferred_cycles += 1
+            runner.last_deferred_reason = reason
+            runner.last_deferred_ns = now_ns()
             return CycleResult(name, deferred=True, deferred_reason=reason)
         async with runner.lock:
             return await self._run_locked(runner, scheduled, start_ns, end_ns)

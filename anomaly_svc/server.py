@@ -1,23 +1,33 @@
-"""AnomalyService servicer: the anomaly store, detection agents, models and alerts over gRPC.
-
-Exports are not part of this build yet: their methods answer UNIMPLEMENTED.
-"""
+"""AnomalyService servicer: the anomaly store, detection agents, models, alerts and exports
+over gRPC."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import NoReturn
 
 import grpc
 
 from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscription
 from anomaly_svc.config import AnomalyServiceConfig
 from anomaly_svc.console import Console
+from anomaly_svc.export import (
+    ExportError,
+    ExportManager,
+    ExportNotFound,
+    InvalidSpec,
+    NotReady,
+    PartCorrupt,
+    QueueFull,
+)
+from anomaly_svc.export.convert import export_to_proto, spec_from_proto
 from anomaly_svc.models.manager import ModelError, ModelManager, ModelState, ModelStatus
+from anomaly_svc.notify import Notifier
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
     AlertKind,
@@ -32,7 +42,7 @@ from anomaly_svc.store import (
 )
 from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2, storage_pb2, storage_pb2_grpc
 from mesh import AccessPolicy, ServiceRuntime, open_channel
-from mesh.errors import abort_invalid
+from mesh.errors import abort_invalid, abort_with_retry
 from mesh.timeutil import is_set, now_ns, ns_to_ts, ts_to_ns
 from mesh.types import Context
 
@@ -115,6 +125,7 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         self.default_page = default_page
         self.max_page = max_page
         self.detection: Detection | None = None
+        self.exports: ExportManager | None = None
 
     async def _ready(self, context: Context) -> Detection:
         if self.detection is None:
@@ -199,7 +210,9 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         hub = detection.hub
         subscription = hub.subscribe()
         try:
-            last = after
+            # A stream that starts now starts after the newest alert stored once subscribed:
+            # anything newer comes through the subscription.
+            last = after if request.after_alert_id else await self.store.last_alert_id()
             if request.after_alert_id:
                 async for alert in self._replay(after):
                     last = alert.alert_id
@@ -239,7 +252,11 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
                 model_version=runner.model_version,
                 anomalies_found=runner.anomalies_found,
                 last_error=runner.last_error,
+                deferred_cycles=runner.deferred_cycles,
+                last_deferred_reason=runner.last_deferred_reason,
             )
+            if runner.last_deferred_ns:
+                ns_to_ts(runner.last_deferred_ns, info.last_deferred_time)
             info.interval.FromTimedelta(dt.timedelta(seconds=runner.settings.interval_s))
             if runner.last_run_ns:
                 ns_to_ts(runner.last_run_ns, info.last_run_time)
@@ -308,46 +325,109 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         )
         return anomaly_pb2.RollbackModelResponse(models=[model_to_proto(s) for s in statuses])
 
+    async def _exports(self, context: Context) -> ExportManager:
+        if self.exports is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the anomaly service is starting")
+        assert self.exports is not None
+        return self.exports
+
     async def CreateExport(
         self, request: anomaly_pb2.CreateExportRequest, context: Context
     ) -> anomaly_pb2.CreateExportResponse:
-        await _not_yet(context, "CreateExport")
+        exports = await self._exports(context)
+        async with export_errors(context):
+            record = await exports.create(spec_from_proto(request.spec))
+        return anomaly_pb2.CreateExportResponse(export=export_to_proto(record))
 
     async def GetExport(
         self, request: anomaly_pb2.GetExportRequest, context: Context
     ) -> anomaly_pb2.GetExportResponse:
-        await _not_yet(context, "GetExport")
+        exports = await self._exports(context)
+        if not request.id:
+            await abort_invalid(context, "id", "required")
+        async with export_errors(context):
+            record = await exports.get(request.id)
+        return anomaly_pb2.GetExportResponse(export=export_to_proto(record))
 
     async def ListExports(
         self, request: anomaly_pb2.ListExportsRequest, context: Context
     ) -> anomaly_pb2.ListExportsResponse:
-        await _not_yet(context, "ListExports")
+        exports = await self._exports(context)
+        if request.page_size < 0:
+            await abort_invalid(context, "page_size", "must not be negative")
+        if request.page_token and not _is_uuid(request.page_token):
+            await abort_invalid(context, "page_token", "not a page token issued by this service")
+        size = min(request.page_size or self.default_page, self.max_page)
+        records, token = await exports.page(size, request.page_token)
+        return anomaly_pb2.ListExportsResponse(
+            exports=[export_to_proto(r) for r in records], next_page_token=token
+        )
 
     async def DownloadExport(
         self, request: anomaly_pb2.DownloadExportRequest, context: Context
     ) -> AsyncIterator[anomaly_pb2.DownloadExportResponse]:
-        await _not_yet(context, "DownloadExport")
-        yield anomaly_pb2.DownloadExportResponse()
+        exports = await self._exports(context)
+        if not request.id:
+            await abort_invalid(context, "id", "required")
+        async with export_errors(context):
+            async for chunk in exports.download(request.id, request.part_index):
+                yield anomaly_pb2.DownloadExportResponse(
+                    data=chunk.data, offset=chunk.offset, sha256=chunk.sha256, last=chunk.last
+                )
 
     async def DeleteExport(
         self, request: anomaly_pb2.DeleteExportRequest, context: Context
     ) -> anomaly_pb2.DeleteExportResponse:
-        await _not_yet(context, "DeleteExport")
+        exports = await self._exports(context)
+        if not request.id:
+            await abort_invalid(context, "id", "required")
+        async with export_errors(context):
+            await exports.delete(request.id)
+        return anomaly_pb2.DeleteExportResponse()
+
+
+@contextlib.asynccontextmanager
+async def export_errors(context: Context) -> AsyncIterator[None]:
+    """Export errors as status codes naming what is wrong."""
+    try:
+        yield
+    except InvalidSpec as exc:
+        await abort_invalid(context, exc.field, exc.reason)
+    except ExportNotFound as exc:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    except NotReady as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except QueueFull as exc:
+        await abort_with_retry(
+            context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), 30.0, "EXPORT_QUEUE_FULL"
+        )
+    except PartCorrupt as exc:
+        await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
+    except ExportError as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def live_alerts(
     subscription: Subscription, wanted: AlertFilter, last: int, heartbeat_s: float
 ) -> AsyncIterator[anomaly_pb2.WatchAlertsResponse]:
-    """Live alerts after ``last`` (ids up to it were replayed), heartbeats while idle."""
+    """Live alerts after ``last`` (ids up to it were replayed): a heartbeat first, then
+    alerts, and heartbeats while idle; each heartbeat names the last alert id handled."""
+    yield _heartbeat(last)
     while True:
         if subscription.overflowed and subscription.queue.empty():
             return
         try:
             alert = await asyncio.wait_for(subscription.queue.get(), heartbeat_s)
         except TimeoutError:
-            beat = anomaly_pb2.WatchAlertsResponse(heartbeat=anomaly_pb2.Heartbeat())
-            ns_to_ts(now_ns(), beat.heartbeat.time)
-            yield beat
+            yield _heartbeat(last)
             continue
         if alert is None:
             return
@@ -356,6 +436,14 @@ async def live_alerts(
         last = alert.alert_id
         if wanted.matches(alert.anomaly):
             yield anomaly_pb2.WatchAlertsResponse(alert=alert_to_proto(alert))
+
+
+def _heartbeat(last_alert_id: int) -> anomaly_pb2.WatchAlertsResponse:
+    beat = anomaly_pb2.WatchAlertsResponse(
+        heartbeat=anomaly_pb2.Heartbeat(last_alert_id=str(last_alert_id) if last_alert_id else "")
+    )
+    ns_to_ts(now_ns(), beat.heartbeat.time)
+    return beat
 
 
 def alert_to_proto(alert: AlertRecord) -> anomaly_pb2.Alert:
@@ -400,14 +488,6 @@ def model_to_proto(status: ModelStatus) -> anomaly_pb2.ModelInfo:
         if key in metadata:
             target.FromDatetime(dt.datetime.fromisoformat(metadata[key].replace("Z", "+00:00")))
     return info
-
-
-async def _not_yet(context: Context, method: str) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        f"AnomalyService.{method} is not available in this build of the anomaly service",
-    )
-    raise AssertionError("unreachable")
 
 
 async def _changes(request: anomaly_pb2.UpdateAnomalyRequest, context: Context) -> Changes:
@@ -459,6 +539,8 @@ class AnomalyApp:
         self.runtime.before_drain.append(self._end_streams)
         self.channel: grpc.aio.Channel | None = None
         self.detection: Detection | None = None
+        self.exports: ExportManager | None = None
+        self.notifier: Notifier | None = None
         self.console: Console | None = None
 
     async def open(self) -> None:
@@ -470,14 +552,17 @@ class AnomalyApp:
             retry_services=[STORAGE_SERVICE],
             server_name=config.storage.tls_server_name,
         )
+        storage = storage_pb2_grpc.StorageServiceStub(self.channel)
         source = EventSource(
-            storage_pb2_grpc.StorageServiceStub(self.channel),
+            storage,
             config.cache,
             config.analysis.page_size,
             config.analysis.max_events,
             config.storage.timeout_s,
         )
         hub = AlertHub(config.alerts.subscriber_buffer)
+        self.notifier = Notifier(config.notifications, self.store, hub)
+        await self.notifier.start()
         models = ModelManager(config.models.dir, config.models.poll_interval_s)
         await models.start()
         scheduler = Scheduler(
@@ -492,6 +577,11 @@ class AnomalyApp:
             scheduler, models, hub, config.alerts.heartbeat_s, config.resources.defer_on_demand
         )
         self.servicer.detection = self.detection
+        self.exports = ExportManager(
+            config.exports, config.exports_dir, storage, self.store, config.storage.timeout_s
+        )
+        await self.exports.open()
+        self.servicer.exports = self.exports
         await self.runtime.set_serving(True)
         if config.console.enabled:
             self.console = Console(
@@ -511,6 +601,10 @@ class AnomalyApp:
     async def close(self) -> None:
         if self.console is not None:
             await self.console.stop()
+        if self.exports is not None:
+            await self.exports.close()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.detection is not None:
             await self.detection.scheduler.stop()
             await self.detection.models.stop()

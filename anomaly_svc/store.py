@@ -107,6 +107,7 @@ class AnomalyQuery:
     statuses: Sequence[Status] = ()
     start_ns: int | None = None
     end_ns: int | None = None
+    labels: Sequence[Label] = ()
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,37 @@ class AnomalyStore:
             await self.db.commit()
         return await self.get(anomaly_id)
 
+    async def scan(
+        self, query: AnomalyQuery, after: tuple[int, str] | None, limit: int
+    ) -> list[AnomalyRecord]:
+        """Oldest first, after the (timestamp, id) position ``after`` (exports page with it)."""
+        where, values = _where(query)
+        if after is not None:
+            where.append("(timestamp_ns > ? OR (timestamp_ns = ? AND id > ?))")
+            values.extend([after[0], after[0], after[1]])
+        sql = "SELECT * FROM mcp_anomalies"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY timestamp_ns, id LIMIT ?"
+        values.append(limit)
+        async with self.db.execute(sql, values) as cursor:
+            rows = list(await cursor.fetchall())
+        return [_record(row) for row in rows]
+
+    async def count(self, query: AnomalyQuery) -> int:
+        where, values = _where(query)
+        sql = "SELECT count(*) FROM mcp_anomalies"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        async with self.db.execute(sql, values) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def last_alert_id(self) -> int:
+        async with self.db.execute("SELECT max(alert_id) FROM alerts") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
     async def list(
         self, query: AnomalyQuery, page_size: int, page_token: str
     ) -> tuple[list[AnomalyRecord], str]:
@@ -340,6 +372,7 @@ def _where(query: AnomalyQuery) -> tuple[list[str], list[Any]]:
         ("agent_name", list(query.agents)),
         ("device_id", list(query.hosts)),
         ("status", [str(s) for s in query.statuses]),
+        ("label", [str(label) for label in query.labels]),
     ):
         if options:
             where.append(f"{column} IN ({', '.join('?' * len(options))})")

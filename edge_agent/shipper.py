@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from edge_agent.file_output import BatchFileWriter, FileOutputError
 from edge_agent.spool import Spool, SpooledBatch
 from gen.edgebot.v1 import ingest_pb2, ingest_pb2_grpc
 from mesh import tracing
+from mesh.backoff import backoff_delay
 from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.channel import open_channel
 from mesh.errors import retry_delay_s
@@ -45,14 +45,6 @@ StreamCall = grpc.aio.StreamStreamCall[ingest_pb2.StreamRequest, ingest_pb2.Stre
 
 class StreamEndedError(Exception):
     """The server closed the stream, or answered something the protocol does not allow."""
-
-
-def backoff_delay(
-    attempt: int, initial_s: float, max_s: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Exponential backoff with jitter: between half and all of min(max, initial * 2^n)."""
-    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 32))
-    return ceiling / 2 + rand() * ceiling / 2
 
 
 class BatchSizer:

@@ -9,7 +9,17 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from edgebot import __version__, certs, config_check, events, health, replay, train
+from edgebot import (
+    __version__,
+    anomalies,
+    certs,
+    config_check,
+    events,
+    export,
+    health,
+    replay,
+    train,
+)
 from edgebot.layout import DEFAULT_AGENT_ID, DEFAULT_PORT_BASE, DEFAULT_SYSLOG_PORT, StateDir
 
 
@@ -50,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_parser(subparsers)
     health.add_probe_parser(subparsers)
     events.add_parser(subparsers)
+    anomalies.add_parser(subparsers)
+    anomalies.add_alerts_parser(subparsers)
+    export.add_parser(subparsers)
     config_check.add_parser(subparsers)
     train.add_parser(subparsers)
     replay.add_parser(subparsers)

@@ -22,7 +22,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--data", type=Path, required=True, help="log file, folder or export")
     parser.add_argument("--format", choices=("bgl", "hdfs", "export"), required=True)
     parser.add_argument(
-        "--labels", type=Path, help="label CSV (hdfs: BlockId,Label; export: id,label)"
+        "--labels",
+        type=Path,
+        help="label CSV (hdfs: BlockId,Label; export: id,...,label, e.g. an export's labels "
+        "part); .gz is read through gzip",
+    )
+    parser.add_argument(
+        "--unlabelled",
+        choices=("error", "normal"),
+        default="error",
+        help="export events no label names: refuse (default) or count as normal",
     )
     parser.add_argument("--out", type=Path, required=True, help="models folder")
     parser.set_defaults(handler=run)
@@ -30,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 async def run(args: argparse.Namespace) -> int:
     try:
-        dataset = load(args.data, args.format, args.labels)
+        dataset = load(args.data, args.format, args.labels, args.unlabelled)
         result = train(args.agent, dataset, args.out)
     except (DatasetError, TrainingError) as exc:
         print(f"edgebot train: {exc}", file=sys.stderr)

@@ -2,23 +2,27 @@
 
 Each loader returns a :class:`Dataset` of groups — one line each (mode ``line``) or all lines
 of one session (mode ``session``) — with a label and a time per group, so training can split
-chronologically.
+chronologically. Files ending in ``.gz`` are read through gzip. A label file may name an id
+more than once (an event inside several labelled anomalies): any positive label wins.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from anomaly_svc.models.features import LogLine, Mode
 
 DataFormat = Literal["bgl", "hdfs", "export"]
+Unlabelled = Literal["error", "normal"]
+"""What an export event that no label names is: an error, or a normal event."""
 HDFS_BLOCK = r"blk_-?\d+"
 # BGL and HDFS log levels as syslog levels.
 LEVELS = {
@@ -57,23 +61,38 @@ class Dataset:
         )
 
 
-def load(data: Path, data_format: DataFormat, labels: Path | None = None) -> Dataset:
+def load(
+    data: Path,
+    data_format: DataFormat,
+    labels: Path | None = None,
+    unlabelled: Unlabelled = "error",
+) -> Dataset:
     if data_format == "bgl":
         return load_bgl(data)
     if data_format == "hdfs":
         return load_hdfs(data, labels)
-    return load_export(data, labels)
+    return load_export(data, labels, unlabelled)
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return path.open(encoding="utf-8", errors="replace", newline="")
+
+
+def _reason(exc: OSError | EOFError) -> str:
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
-        with path.open(encoding="utf-8", errors="replace") as handle:
+        with _open_text(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 text = raw.rstrip("\r\n")
                 if text.strip():
                     yield number, text
-    except OSError as exc:
-        raise DatasetError(f"{path}: {exc.strerror}") from None
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: {_reason(exc)}") from None
 
 
 def load_bgl(path: Path) -> Dataset:
@@ -143,21 +162,27 @@ def load_hdfs(data: Path, labels: Path | None) -> Dataset:
 
 def _read_labels(path: Path, key_column: str) -> dict[str, int]:
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
+        with _open_text(path) as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or len(reader.fieldnames) < 2:
                 raise DatasetError(f"{path}: expected a header with an id and a label column")
             key = key_column if key_column in reader.fieldnames else reader.fieldnames[0]
             label = "Label" if "Label" in reader.fieldnames else reader.fieldnames[-1]
-            return {row[key]: int(row[label].strip().lower() in POSITIVE_LABELS) for row in reader}
-    except OSError as exc:
-        raise DatasetError(f"{path}: {exc.strerror}") from None
+            labels: dict[str, int] = {}
+            for row in reader:
+                value = int(row[label].strip().lower() in POSITIVE_LABELS)
+                labels[row[key]] = max(value, labels.get(row[key], 0))
+            return labels
+    except (OSError, EOFError) as exc:
+        raise DatasetError(f"{path}: {_reason(exc)}") from None
 
 
-def load_export(data: Path, labels: Path | None) -> Dataset:
+def load_export(data: Path, labels: Path | None, unlabelled: Unlabelled = "error") -> Dataset:
     """Events as JSON lines (protobuf JSON of ``Event``), one group per event.
 
-    Labels come from a CSV (``id,label``) or from each event's ``label`` attribute.
+    Labels come from a CSV (``id,...,label``, such as an export's labels part) or from each
+    event's ``label`` attribute; with ``unlabelled="normal"`` an event neither names is
+    normal (operators label what was flagged; the rest of the stream counts as normal).
     """
     by_id = _read_labels(labels, key_column="id") if labels is not None else {}
     groups: list[list[LogLine]] = []
@@ -171,10 +196,15 @@ def load_export(data: Path, labels: Path | None) -> Dataset:
         event_id = str(event.get("id", ""))
         attributes = event.get("attributes") or {}
         raw_label = by_id.get(event_id)
-        if raw_label is None:
-            if "label" not in attributes:
-                raise DatasetError(f"{data}:{number}: event {event_id!r} has no label")
+        if raw_label is None and "label" in attributes:
             raw_label = int(str(attributes["label"]).lower() in POSITIVE_LABELS)
+        if raw_label is None:
+            if unlabelled == "error":
+                raise DatasetError(
+                    f"{data}:{number}: event {event_id!r} has no label "
+                    "(--unlabelled normal counts such events as normal)"
+                )
+            raw_label = 0
         time_ns = _export_time(event.get("time"), data, number)
         groups.append(
             [

@@ -4,85 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
+from anomaly_mesh import Mesh, mesh
 from anomaly_samples import HDFS, crowdsec_events, openwrt_events, syslog_events
 from google.protobuf.duration_pb2 import Duration
-from inprocess_mesh import storage_app
-from support import Pki, eventually, make_config, secure_channel
+from support import Pki, eventually
 
-from anomaly_svc import AnomalyApp, AnomalyServiceConfig, build
 from anomaly_svc.alerts import AlertFilter, AlertHub
 from anomaly_svc.models.datasets import load
 from anomaly_svc.models.train import MODEL_FILE, train
 from anomaly_svc.server import live_alerts
 from anomaly_svc.store import AlertKind, AlertRecord, AnomalyRecord
-from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2, storage_pb2, storage_pb2_grpc
-from mesh.app import App, running
-from mesh.timeutil import NS_PER_S, now_ns, ns_to_ts
-
-ALL_TIME = {"start_time": ns_to_ts(NS_PER_S), "end_time": ns_to_ts(now_ns() + 86_400 * NS_PER_S)}
-
-
-@dataclass
-class Mesh:
-    storage: App
-    anomaly: AnomalyApp
-    stub: anomaly_pb2_grpc.AnomalyServiceAsyncStub
-    writer: storage_pb2_grpc.StorageServiceAsyncStub
-    models: Path
-
-    async def write(self, events: Sequence[event_pb2.Event]) -> None:
-        batch = event_pb2.EventBatch(batch_id=f"b-{events[0].id}", agent_id="site-a", events=events)
-        await self.writer.Write(storage_pb2.WriteRequest(batch=batch))
-
-    async def run(self, *agents: str) -> dict[str, anomaly_pb2.AnalysisResult]:
-        reply = await self.stub.RunAnalysis(
-            anomaly_pb2.RunAnalysisRequest(agents=agents, **ALL_TIME)
-        )
-        return {r.agent: r for r in reply.results}
-
-    async def anomalies(self, agent: str) -> list[anomaly_pb2.Anomaly]:
-        reply = await self.stub.ListAnomalies(
-            anomaly_pb2.ListAnomaliesRequest(agents=[agent], page_size=500)
-        )
-        return list(reply.anomalies)
-
-
-def anomaly_config(
-    pki: Pki, tmp_path: Path, storage_port: int, **sections: Any
-) -> AnomalyServiceConfig:
-    return make_config(
-        AnomalyServiceConfig, pki, "anomaly",
-        store={"path": str(tmp_path / "anomalies.db")},
-        storage={"addresses": [f"127.0.0.1:{storage_port}"], "timeout_s": 2},
-        models={"dir": str(tmp_path / "models"), "poll_interval_s": 0.1},
-        cache={"ttl_s": 0},
-        **sections,
-    )  # fmt: skip
-
-
-@asynccontextmanager
-async def mesh(pki: Pki, tmp_path: Path, **sections: Any) -> AsyncIterator[Mesh]:
-    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
-    async with running(storage_app(pki, tmp_path)) as storage:
-        config = anomaly_config(pki, tmp_path, storage.runtime.ports.grpc, **sections)
-        async with running(build(config)) as anomaly:
-            assert isinstance(anomaly, AnomalyApp)
-            async with (
-                secure_channel(anomaly.runtime.ports.grpc, pki.operator()) as operator,
-                secure_channel(storage.runtime.ports.grpc, pki.service("ingest")) as writer,
-            ):
-                yield Mesh(
-                    storage, anomaly, anomaly_pb2_grpc.AnomalyServiceStub(operator),
-                    storage_pb2_grpc.StorageServiceStub(writer), config.models.dir,
-                )  # fmt: skip
+from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2
 
 
 async def test_run_analysis_finds_the_expected_anomalies(pki: Pki, tmp_path: Path) -> None:
@@ -171,29 +107,65 @@ async def test_heartbeats_on_idle_streams_and_streams_end_at_shutdown(
     pki: Pki, tmp_path: Path
 ) -> None:
     async with mesh(pki, tmp_path) as m:
+        await m.write(_brute_force("198.51.100.1", 1))
+        await m.run("auth")
+        existing = await m.anomaly.store.last_alert_id()
+        assert existing == 2
         stream = m.stub.WatchAlerts(
             anomaly_pb2.WatchAlertsRequest(heartbeat_interval=Duration(nanos=100_000_000))
         )
+        # At once: where this stream starts, so a client that sees no alert can still resume.
         first = await stream.read()
-        assert first.HasField("heartbeat")
+        assert first.heartbeat.last_alert_id == "2"
+        idle = await stream.read()
+        assert idle.heartbeat.last_alert_id == "2"
+        await m.write(_brute_force("198.51.100.2", 2))
+        await m.run("auth")
+        received: list[str] = []
+        while len(received) < 2:
+            response = await stream.read()
+            if response.HasField("alert"):
+                received.append(response.alert.alert_id)
+        assert received == ["3", "4"]
+        after = await stream.read()
+        assert after.heartbeat.last_alert_id == "4"
         await m.anomaly.runtime.stop()
         ended = await asyncio.wait_for(stream.read(), 5)
         assert ended is grpc.aio.EOF
+
+
+async def _agent_info(m: Mesh, name: str) -> anomaly_pb2.AgentInfo:
+    agents = await m.stub.ListAgents(anomaly_pb2.ListAgentsRequest())
+    return next(a for a in agents.agents if a.name == name)
 
 
 async def test_cycles_are_deferred_and_reported_when_resources_are_short(
     pki: Pki, tmp_path: Path
 ) -> None:
     async with mesh(
-        pki, tmp_path, resources={"max_memory_percent": 0.001, "max_cpu_percent": 100}
+        pki,
+        tmp_path,
+        resources={"max_memory_percent": 0.001, "max_cpu_percent": 100},
+        agents=[{"type": "auth", "interval_s": 0.05}, {"type": "wifi"}],
     ) as m:
         assert m.anomaly.detection is not None
         scheduler = m.anomaly.detection.scheduler
-        result = await scheduler.run(scheduler.runners["auth"], scheduled=True)
+        result = await scheduler.run(scheduler.runners["wifi"], scheduled=True)
         assert result.deferred
         assert "resources.max_memory_percent" in result.deferred_reason
         on_demand = await m.run("auth")
         assert not on_demand["auth"].deferred
+        # The scheduled loop of auth (every 50 ms) is deferred, and ListAgents says so.
+        for _ in range(200):
+            auth = await _agent_info(m, "auth")
+            if auth.deferred_cycles >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert auth.deferred_cycles >= 2
+        assert "resources.max_memory_percent" in auth.last_deferred_reason
+        assert auth.last_deferred_time.seconds > 0
+        wifi = await _agent_info(m, "wifi")
+        assert wifi.deferred_cycles == 1
     async with mesh(
         pki,
         tmp_path / "strict",
@@ -271,7 +243,24 @@ async def test_a_watcher_that_falls_behind_is_dropped_after_its_buffer() -> None
         hub.publish(AlertRecord(alert_id, AlertKind.NEW, anomaly, alert_id))
     assert subscription.overflowed
     assert hub.watchers == 0
-    live = [r.alert.alert_id async for r in live_alerts(subscription, AlertFilter(), 0, 60)]
+    stream = live_alerts(subscription, AlertFilter(), 0, 60)
+    live = [r.alert.alert_id async for r in stream if r.HasField("alert")]
     # The stream ends after what it holds; the RPC then answers RESOURCE_EXHAUSTED and the
     # client resumes after alert 2, where the store replays alert 3.
     assert live == ["1", "2"]
+
+
+async def test_repeated_windows_are_served_from_the_ttl_cache(pki: Pki, tmp_path: Path) -> None:
+    async with mesh(pki, tmp_path, cache={"ttl_s": 0.5, "max_entries": 4}) as m:
+        assert m.anomaly.detection is not None
+        source = m.anomaly.detection.scheduler.source
+        await m.write(_brute_force("198.51.100.9", 1))
+        first = await m.run("auth")
+        queries = source.queries
+        assert queries >= 1
+        again = await m.run("auth")
+        assert source.queries == queries, "the same window was queried again within the TTL"
+        assert again["auth"].events_analyzed == first["auth"].events_analyzed == 6
+        await asyncio.sleep(0.6)
+        await m.run("auth")
+        assert source.queries > queries, "an expired window was served from the cache"

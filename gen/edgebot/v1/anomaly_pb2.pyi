@@ -111,6 +111,9 @@ class _ExportDatasetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportD
     EXPORT_DATASET_EVENTS: _ExportDataset.ValueType  # 1
     EXPORT_DATASET_ANOMALIES: _ExportDataset.ValueType  # 2
     EXPORT_DATASET_LABELS: _ExportDataset.ValueType  # 3
+    """Operator labels, one row per event of a labelled anomaly; always CSV (id,...,label),
+    the file `edgebot train --labels` reads.
+    """
 
 class ExportDataset(_ExportDataset, metaclass=_ExportDatasetEnumTypeWrapper): ...
 
@@ -118,6 +121,9 @@ EXPORT_DATASET_UNSPECIFIED: ExportDataset.ValueType  # 0
 EXPORT_DATASET_EVENTS: ExportDataset.ValueType  # 1
 EXPORT_DATASET_ANOMALIES: ExportDataset.ValueType  # 2
 EXPORT_DATASET_LABELS: ExportDataset.ValueType  # 3
+"""Operator labels, one row per event of a labelled anomaly; always CSV (id,...,label),
+the file `edgebot train --labels` reads.
+"""
 Global___ExportDataset: _TypeAlias = ExportDataset  # noqa: Y015
 
 class _ExportFormat:
@@ -541,19 +547,28 @@ Global___WatchAlertsResponse: _TypeAlias = WatchAlertsResponse  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """Sent once as soon as the stream is live (after any replay), then whenever it is idle."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TIME_FIELD_NUMBER: _builtins.int
+    LAST_ALERT_ID_FIELD_NUMBER: _builtins.int
+    last_alert_id: _builtins.str
+    """Every alert up to this id was sent on this stream or did not match its filter:
+    a client that reconnects with it as after_alert_id misses nothing, even if it
+    received no alert yet.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         time: _timestamp_pb2.Timestamp | None = ...,
+        last_alert_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_alert_id", b"last_alert_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -588,11 +603,17 @@ class AgentInfo(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     ANOMALIES_FOUND_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    DEFERRED_CYCLES_FIELD_NUMBER: _builtins.int
+    LAST_DEFERRED_REASON_FIELD_NUMBER: _builtins.int
+    LAST_DEFERRED_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     enabled: _builtins.bool
     model_version: _builtins.str
     anomalies_found: _builtins.int
     last_error: _builtins.str
+    deferred_cycles: _builtins.int
+    """Scheduled cycles the resource monitor deferred, and the latest reason."""
+    last_deferred_reason: _builtins.str
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -605,6 +626,8 @@ class AgentInfo(_message.Message):
     def last_run_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_deferred_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -618,10 +641,13 @@ class AgentInfo(_message.Message):
         model_version: _builtins.str = ...,
         anomalies_found: _builtins.int = ...,
         last_error: _builtins.str = ...,
+        deferred_cycles: _builtins.int = ...,
+        last_deferred_reason: _builtins.str = ...,
+        last_deferred_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "last_deferred_time", b"last_deferred_time", "last_run_time", b"last_run_time", "next_run_time", b"next_run_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies_found", b"anomalies_found", "enabled", b"enabled", "interval", b"interval", "last_error", b"last_error", "last_run_time", b"last_run_time", "model_version", b"model_version", "name", b"name", "next_run_time", b"next_run_time", "services", b"services", "types", b"types"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomalies_found", b"anomalies_found", "deferred_cycles", b"deferred_cycles", "enabled", b"enabled", "interval", b"interval", "last_deferred_reason", b"last_deferred_reason", "last_deferred_time", b"last_deferred_time", "last_error", b"last_error", "last_run_time", b"last_run_time", "model_version", b"model_version", "name", b"name", "next_run_time", b"next_run_time", "services", b"services", "types", b"types"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -953,8 +979,10 @@ class ExportSpec(_message.Message):
     GZIP_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     MAX_PART_BYTES_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
     format: Global___ExportFormat.ValueType
     gzip: _builtins.bool
+    """JSONL and CSV parts are gzip files; Parquet uses its GZIP column codec instead."""
     batch_size: _builtins.int
     """Rows read per batch; bounds memory."""
     max_part_bytes: _builtins.int
@@ -965,6 +993,10 @@ class ExportSpec(_message.Message):
     def filter(self) -> _storage_pb2.EventFilter:
         """Time range and filters for events (and the time range for anomalies)."""
 
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Anomalies and labels from these agents only; empty = every agent."""
+
     def __init__(
         self,
         *,
@@ -974,10 +1006,11 @@ class ExportSpec(_message.Message):
         gzip: _builtins.bool = ...,
         batch_size: _builtins.int = ...,
         max_part_bytes: _builtins.int = ...,
+        agents: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "datasets", b"datasets", "filter", b"filter", "format", b"format", "gzip", b"gzip", "max_part_bytes", b"max_part_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "batch_size", b"batch_size", "datasets", b"datasets", "filter", b"filter", "format", b"format", "gzip", b"gzip", "max_part_bytes", b"max_part_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
