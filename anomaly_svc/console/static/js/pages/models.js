@@ -21,14 +21,13 @@ function versionRow(model) {
 
 function agentCard(name, agentModels, act) {
   const serving = agentModels.find((m) => m.state === "loaded");
-  const older = agentModels.some((m) => serving && m.version < serving.version && m.state !== "refused");
   return h("section", { class: "card", "data-agent": name },
     h("h2", {}, name, " ", serving ? pill(`serving ${serving.version}`, "loaded") : pill("rules only", "none"),
       serving && serving.pinned ? [" ", pill("rolled back — pinned", "pinned")] : null),
     serving ? h("p", { class: "muted", text: `threshold ${serving.threshold.toFixed(3)} · ${serving.features} features · trained on ${formatTime(serving.data_start)} – ${formatTime(serving.data_end)}` }) : null,
     h("div", { class: "buttons" },
       h("button", { type: "button", class: "reload", onclick: act("reload", { agent: name }), text: serving && serving.pinned ? "Release pin and reload" : "Reload" }),
-      h("button", { type: "button", class: "rollback", disabled: !older, onclick: act("rollback", { agent: name }), text: "Roll back to previous version" })),
+      h("button", { type: "button", class: "rollback", disabled: !serving, onclick: act("rollback", { agent: name }), text: "Roll back to previous version" })),
     agentModels.length ? h("div", { class: "table-scroll" }, h("table", { class: "list" },
       h("thead", {}, h("tr", {}, ["Version", "State", "Loaded", "Training data", "Metrics", "Error"].map((t) => h("th", { text: t })))),
       h("tbody", {}, agentModels.slice().reverse().map(versionRow)))) : h("p", { class: "empty", text: "No model folder for this agent: it detects with its rules." }));
