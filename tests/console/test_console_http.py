@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -305,3 +306,45 @@ async def test_failed_logins_are_limited_per_client() -> None:
         limiter.failed("192.0.2.7")
     assert limiter.blocked("192.0.2.7")
     assert not limiter.blocked("192.0.2.8")
+
+
+async def test_https_with_an_operator_certificate_logs_in_without_a_token(
+    pki: Pki, tmp_path: Path, mesh: ConsoleMesh
+) -> None:
+    served = pki.service("anomaly")
+    section = ConsoleSection.model_validate(
+        console_section(
+            pki, tmp_path, services={},
+            tls={"cert_file": str(served.cert_file), "key_file": str(served.key_file),
+                 "client_ca_file": str(served.ca_file)},
+        )
+    )  # fmt: skip
+    storage = f"127.0.0.1:{mesh.storage.runtime.ports.grpc}"
+    console = Console(section, served, f"127.0.0.1:{mesh.anomaly.runtime.ports.grpc}", [storage])
+    await console.start()
+    operator = pki.operator()
+    try:
+        assert console.url.startswith("https://")
+        with_certificate = ssl.create_default_context(cafile=str(served.ca_file))
+        with_certificate.load_cert_chain(str(operator.cert_file), str(operator.key_file))
+        async with httpx.AsyncClient(base_url=console.url, verify=with_certificate) as client:
+            assert (await client.get("/api/login/options")).json() == {
+                "token": True, "certificate": True,
+            }  # fmt: skip
+            reply = await client.post("/api/login/certificate", json={})
+            assert reply.json()["operator"] == "admin"
+            assert "Secure" in reply.headers["set-cookie"]
+            assert (await client.get("/api/anomalies")).status_code == 200
+        without = ssl.create_default_context(cafile=str(served.ca_file))
+        async with httpx.AsyncClient(base_url=console.url, verify=without) as anonymous:
+            refused = await anonymous.post("/api/login/certificate", json={})
+            assert refused.status_code == 401
+    finally:
+        await console.stop()
+
+
+async def test_an_enabled_console_needs_a_way_to_log_in() -> None:
+    with pytest.raises(ValueError, match="tokens_file: required when the console is enabled"):
+        ConsoleSection(enabled=True)
+    with pytest.raises(ValueError, match="client_ca_file needs cert_file"):
+        ConsoleSection.model_validate({"tls": {"client_ca_file": "ca.crt"}})
