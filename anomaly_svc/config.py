@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
+from anomaly_svc.console.config import ConsoleSection
 from anomaly_svc.notify.settings import NotificationsSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
@@ -126,6 +127,10 @@ class AnomalyServiceConfig(ServiceConfig):
     @property
     def exports_dir(self) -> Path:
         return self.exports.dir or self.store.path.parent / "exports"
+
+    console: ConsoleSection = Field(
+        default_factory=ConsoleSection, description="The operator web console (off by default)."
+    )
 
     @field_validator("agents", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ import grpc
 
 from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscription
 from anomaly_svc.config import AnomalyServiceConfig
+from anomaly_svc.console import Console
 from anomaly_svc.export import (
     ExportError,
     ExportManager,
@@ -25,7 +26,7 @@ from anomaly_svc.export import (
     QueueFull,
 )
 from anomaly_svc.export.convert import export_to_proto, spec_from_proto
-from anomaly_svc.models.manager import ModelManager, ModelState, ModelStatus
+from anomaly_svc.models.manager import ModelError, ModelManager, ModelState, ModelStatus
 from anomaly_svc.notify import Notifier
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
 from anomaly_svc.store import (
@@ -308,6 +309,22 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
         statuses = await detection.models.rescan(list(request.agents), force=True)
         return anomaly_pb2.ReloadModelsResponse(models=[model_to_proto(s) for s in statuses])
 
+    async def RollbackModel(
+        self, request: anomaly_pb2.RollbackModelRequest, context: Context
+    ) -> anomaly_pb2.RollbackModelResponse:
+        detection = await self._ready(context)
+        if not request.agent:
+            await abort_invalid(context, "agent", "required")
+        try:
+            statuses = await detection.models.roll_back(request.agent, request.version)
+        except ModelError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot roll back: {exc}")
+        log.info(
+            "model rollback requested",
+            extra={"agent": request.agent, "version": request.version or "(previous)"},
+        )
+        return anomaly_pb2.RollbackModelResponse(models=[model_to_proto(s) for s in statuses])
+
     async def _exports(self, context: Context) -> ExportManager:
         if self.exports is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the anomaly service is starting")
@@ -463,6 +480,7 @@ def model_to_proto(status: ModelStatus) -> anomaly_pb2.ModelInfo:
         feature_names=list(metadata.get("feature_names", [])),
         threshold=float(metadata.get("threshold", 0.0)),
         error=status.error,
+        pinned=status.pinned,
     )
     if status.load_ns:
         ns_to_ts(status.load_ns, info.load_time)
@@ -523,6 +541,7 @@ class AnomalyApp:
         self.detection: Detection | None = None
         self.exports: ExportManager | None = None
         self.notifier: Notifier | None = None
+        self.console: Console | None = None
 
     async def open(self) -> None:
         config = self.config
@@ -564,12 +583,24 @@ class AnomalyApp:
         await self.exports.open()
         self.servicer.exports = self.exports
         await self.runtime.set_serving(True)
+        if config.console.enabled:
+            self.console = Console(
+                config.console,
+                config.tls,
+                f"{config.server.host}:{self.runtime.ports.grpc}",
+                config.storage.addresses,
+            )
+            await self.console.start()
 
     async def _end_streams(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.detection is not None:
             self.detection.hub.close()
 
     async def close(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.exports is not None:
             await self.exports.close()
         if self.notifier is not None:

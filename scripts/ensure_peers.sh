@@ -3,7 +3,7 @@
 # As root it installs what is missing; otherwise it prints the exact command and fails.
 set -euo pipefail
 
-# command:package pairs
+# command:package pairs (an absolute path stands for a package without a command)
 PEERS=(
     "logger:bsdutils"
     "initdb:postgresql"
@@ -19,10 +19,13 @@ PEERS=(
     "gpsfake:gpsd-clients"
     "gpsd:gpsd"
     "nats-server:nats-server"
+    "chromium:chromium"
+    "/usr/share/fonts/truetype/liberation:fonts-liberation"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.
 found() {
+    [[ "$1" == /* ]] && { [ -e "$1" ]; return; }
     command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] ||
         compgen -G "/usr/lib/postgresql/*/bin/$1" >/dev/null
 }

@@ -7,6 +7,9 @@ assignment, so a running cycle keeps the model it started with and the next cycl
 new one. A version that fails to load, or whose feature names differ from what the extractor
 computes for its vocabulary, is REFUSED (logged, kept in ``statuses()`` with the error) and
 the previous model keeps serving.
+
+``roll_back`` serves an older version and pins the agent: the poll loads nothing newer for
+it until ``rescan(force=True)`` names the agent (ReloadModels), which releases the pin.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class ModelStatus:
     load_ns: int = 0
     error: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    pinned: bool = False
 
 
 def load_model(agent: str, path: Path) -> LoadedModel:
@@ -127,6 +131,7 @@ class ModelManager:
         self._current: dict[str, LoadedModel] = {}
         self._statuses: dict[str, list[ModelStatus]] = {}
         self._seen: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._pinned: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -140,6 +145,9 @@ class ModelManager:
             if not agents or agent in agents
             for status in self._statuses[agent]
         ]
+
+    def pinned(self, agent: str) -> bool:
+        return agent in self._pinned
 
     async def start(self) -> None:
         await self.rescan()
@@ -165,14 +173,58 @@ class ModelManager:
         async with self._lock:
             if force:
                 self._seen = {k: v for k, v in self._seen.items() if agents and k[0] not in agents}
+                released = self._pinned & set(agents) if agents else set(self._pinned)
+                self._pinned -= released
+                for agent in released:
+                    self._mark_pinned(agent)
+                    log.info("model rollback pin released", extra={"agent": agent})
             await asyncio.to_thread(self._scan, tuple(agents))
         return self.statuses(agents)
+
+    async def roll_back(self, agent: str, version: str = "") -> list[ModelStatus]:
+        """Serve ``version`` (default: the newest older one that loads) and pin the agent."""
+        async with self._lock:
+            model = await asyncio.to_thread(self._older_model, agent, version)
+            self._swap(agent, model)
+            self._pinned.add(agent)
+            self._mark_pinned(agent)
+        log.info("model rolled back", extra={"agent": agent, "version": model.version})
+        return self.statuses([agent])
+
+    def _older_model(self, agent: str, version: str) -> LoadedModel:
+        current = self._current.get(agent)
+        if current is None:
+            raise ModelError(f"no model is serving for agent {agent!r}")
+        agent_dir = self.directory / agent
+        versions = _versions(agent_dir) if agent_dir.is_dir() else []
+        if version:
+            if version == current.version:
+                raise ModelError(f"version {version!r} is already serving")
+            candidates = [p for p in versions if p.name == version]
+            if not candidates:
+                raise ModelError(f"agent {agent!r} has no model version {version!r}")
+        else:
+            candidates = [p for p in reversed(versions) if p.name < current.version]
+            if not candidates:
+                raise ModelError(f"agent {agent!r} has no version older than {current.version}")
+        errors = []
+        for path in candidates:
+            try:
+                return load_model(agent, path)
+            except ModelError as exc:
+                self._refuse(agent, path, str(exc))
+                errors.append(str(exc))
+        raise ModelError("; ".join(errors))
+
+    def _mark_pinned(self, agent: str) -> None:
+        for status in self._statuses.get(agent, []):
+            status.pinned = agent in self._pinned and status.state == ModelState.LOADED
 
     def _scan(self, agents: tuple[str, ...]) -> None:
         if not self.directory.is_dir():
             return
         for agent_dir in sorted(p for p in self.directory.iterdir() if p.is_dir()):
-            if agents and agent_dir.name not in agents:
+            if (agents and agent_dir.name not in agents) or agent_dir.name in self._pinned:
                 continue
             self._scan_agent(agent_dir.name, _versions(agent_dir))
 

@@ -799,12 +799,15 @@ class ModelInfo(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     version: _builtins.str
     path: _builtins.str
     state: Global___ModelState.ValueType
     threshold: _builtins.float
     error: _builtins.str
+    pinned: _builtins.bool
+    """Held by RollbackModel: newer versions are not loaded until ReloadModels."""
     @_builtins.property
     def load_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -829,10 +832,11 @@ class ModelInfo(_message.Message):
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         threshold: _builtins.float = ...,
         error: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data_end_time", b"data_end_time", "data_start_time", b"data_start_time", "load_time", b"load_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "data_end_time", b"data_end_time", "data_start_time", b"data_start_time", "error", b"error", "feature_names", b"feature_names", "load_time", b"load_time", "metrics", b"metrics", "path", b"path", "state", b"state", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "data_end_time", b"data_end_time", "data_start_time", b"data_start_time", "error", b"error", "feature_names", b"feature_names", "load_time", b"load_time", "metrics", b"metrics", "path", b"path", "pinned", b"pinned", "state", b"state", "threshold", b"threshold", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -919,6 +923,51 @@ class ReloadModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReloadModelsResponse: _TypeAlias = ReloadModelsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    version: _builtins.str
+    """The version to serve; empty: the newest version older than the serving one that loads."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelRequest: _TypeAlias = RollbackModelRequest  # noqa: Y015
+
+@_typing.final
+class RollbackModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """The agent's models after the rollback."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackModelResponse: _TypeAlias = RollbackModelResponse  # noqa: Y015
 
 @_typing.final
 class ExportSpec(_message.Message):

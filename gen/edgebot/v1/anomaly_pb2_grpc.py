@@ -75,6 +75,11 @@ class AnomalyServiceStub:
                 request_serializer=edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsRequest.SerializeToString,
                 response_deserializer=edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsResponse.FromString,
                 _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/edgebot.v1.AnomalyService/RollbackModel',
+                request_serializer=edgebot_dot_v1_dot_anomaly__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=edgebot_dot_v1_dot_anomaly__pb2.RollbackModelResponse.FromString,
+                _registered_method=True)
         self.CreateExport = channel.unary_unary(
                 '/edgebot.v1.AnomalyService/CreateExport',
                 request_serializer=edgebot_dot_v1_dot_anomaly__pb2.CreateExportRequest.SerializeToString,
@@ -150,7 +155,17 @@ class AnomalyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Loads the newest valid version of each named agent's model; also releases a
+        rollback pin of those agents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Serves an older version of one agent's model and keeps it (pinned: newer versions
+        on disk are not loaded) until ReloadModels names that agent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -227,6 +242,11 @@ def add_AnomalyServiceServicer_to_server(servicer, server):
                     servicer.ReloadModels,
                     request_deserializer=edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsRequest.FromString,
                     response_serializer=edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsResponse.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=edgebot_dot_v1_dot_anomaly__pb2.RollbackModelRequest.FromString,
+                    response_serializer=edgebot_dot_v1_dot_anomaly__pb2.RollbackModelResponse.SerializeToString,
             ),
             'CreateExport': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateExport,
@@ -471,6 +491,33 @@ class AnomalyService:
             '/edgebot.v1.AnomalyService/ReloadModels',
             edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsRequest.SerializeToString,
             edgebot_dot_v1_dot_anomaly__pb2.ReloadModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgebot.v1.AnomalyService/RollbackModel',
+            edgebot_dot_v1_dot_anomaly__pb2.RollbackModelRequest.SerializeToString,
+            edgebot_dot_v1_dot_anomaly__pb2.RollbackModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,13 @@ class AnomalyServiceStub:
     RunAnalysis: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.RunAnalysisRequest, _anomaly_pb2.RunAnalysisResponse]
     ListModels: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.ListModelsRequest, _anomaly_pb2.ListModelsResponse]
     ReloadModels: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.ReloadModelsRequest, _anomaly_pb2.ReloadModelsResponse]
+    """Loads the newest valid version of each named agent's model; also releases a
+    rollback pin of those agents.
+    """
+    RollbackModel: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.RollbackModelRequest, _anomaly_pb2.RollbackModelResponse]
+    """Serves an older version of one agent's model and keeps it (pinned: newer versions
+    on disk are not loaded) until ReloadModels names that agent.
+    """
     CreateExport: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.CreateExportRequest, _anomaly_pb2.CreateExportResponse]
     GetExport: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.GetExportRequest, _anomaly_pb2.GetExportResponse]
     ListExports: _grpc.UnaryUnaryMultiCallable[_anomaly_pb2.ListExportsRequest, _anomaly_pb2.ListExportsResponse]
@@ -62,6 +69,13 @@ class AnomalyServiceAsyncStub(AnomalyServiceStub):
     RunAnalysis: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.RunAnalysisRequest, _anomaly_pb2.RunAnalysisResponse]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.ListModelsRequest, _anomaly_pb2.ListModelsResponse]  # type: ignore[assignment]
     ReloadModels: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.ReloadModelsRequest, _anomaly_pb2.ReloadModelsResponse]  # type: ignore[assignment]
+    """Loads the newest valid version of each named agent's model; also releases a
+    rollback pin of those agents.
+    """
+    RollbackModel: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.RollbackModelRequest, _anomaly_pb2.RollbackModelResponse]  # type: ignore[assignment]
+    """Serves an older version of one agent's model and keeps it (pinned: newer versions
+    on disk are not loaded) until ReloadModels names that agent.
+    """
     CreateExport: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.CreateExportRequest, _anomaly_pb2.CreateExportResponse]  # type: ignore[assignment]
     GetExport: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.GetExportRequest, _anomaly_pb2.GetExportResponse]  # type: ignore[assignment]
     ListExports: _aio.UnaryUnaryMultiCallable[_anomaly_pb2.ListExportsRequest, _anomaly_pb2.ListExportsResponse]  # type: ignore[assignment]
@@ -126,7 +140,20 @@ class AnomalyServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _anomaly_pb2.ReloadModelsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_anomaly_pb2.ReloadModelsResponse, _abc.Awaitable[_anomaly_pb2.ReloadModelsResponse]]: ...
+    ) -> _typing.Union[_anomaly_pb2.ReloadModelsResponse, _abc.Awaitable[_anomaly_pb2.ReloadModelsResponse]]:
+        """Loads the newest valid version of each named agent's model; also releases a
+        rollback pin of those agents.
+        """
+
+    @_abc_1.abstractmethod
+    def RollbackModel(
+        self,
+        request: _anomaly_pb2.RollbackModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_anomaly_pb2.RollbackModelResponse, _abc.Awaitable[_anomaly_pb2.RollbackModelResponse]]:
+        """Serves an older version of one agent's model and keeps it (pinned: newer versions
+        on disk are not loaded) until ReloadModels names that agent.
+        """
 
     @_abc_1.abstractmethod
     def CreateExport(
