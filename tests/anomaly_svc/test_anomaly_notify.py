@@ -151,7 +151,7 @@ async def test_a_storm_yields_one_email(
              "sender": "edgebot@example.org", "recipients": ["ops@example.org"]},
         ],
         "rules": [{"name": "ops", "channels": ["mail"], "min_severity": "warning",
-                   "group_wait_s": 2.0, "max_listed": 20}],
+                   "group_wait_s": 4.0, "max_listed": 20}],
     }  # fmt: skip
     async with mesh(pki, tmp_path, notifications=notifications) as m:
         # One anomaly recurring 100 times raises NEW, then ESCALATED at 10 and at 100
@@ -162,7 +162,7 @@ async def test_a_storm_yields_one_email(
         for _ in range(50):
             await record(m, candidate("203.0.113.9"))
         assert [a.count for a in await m.anomalies("auth")] == [100]
-        await asyncio.sleep(2.3)
+        await asyncio.sleep(4.3)
         assert len(mailbox.messages) == 1, "the storm sent more than one message"
         mail = mailbox.messages[0]
         assert mail["Subject"] == "[EdgeBot] warning auth brute_force on gw"
@@ -176,7 +176,7 @@ async def test_a_storm_yields_one_email(
             await record(m, candidate(f"198.51.100.{n}"))
         await record(m, candidate("192.0.2.1", level=6))
         await wait_for(lambda: len(mailbox.messages) == 2)
-        await asyncio.sleep(2.3)
+        await asyncio.sleep(4.3)
         assert len(mailbox.messages) == 2
         storm = mailbox.messages[1]
         assert storm["Subject"] == "[EdgeBot] 100 anomalies (most severe: warning brute_force)"
