@@ -7,6 +7,8 @@ certificates, databases and spool.
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,10 @@ class StateDir:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def console_tokens(self) -> Path:
+        return self.root / "console-tokens"
+
     def config_file(self, service: str) -> Path:
         return self.configs / f"{service}.yaml"
 
@@ -82,6 +88,11 @@ class StateDir:
     def create(self) -> None:
         for directory in (self.certs, self.data, self.configs, self.logs):
             directory.mkdir(parents=True, exist_ok=True)
+
+
+def console_port(base: int) -> int:
+    """The anomaly service's web console: base+6 (50056 by default)."""
+    return base + 6
 
 
 def service_configs(
@@ -108,7 +119,10 @@ def service_configs(
 
     return {
         "storage": common("storage", "storage")
-        | {"sqlite": {"path": str(state.data / "events.db")}},
+        | {
+            "sqlite": {"path": str(state.data / "events.db")},
+            "outbox": {"path": str(state.data / "outbox.db")},
+        },
         "pipeline": common("pipeline", "pipeline"),
         "ingest": common("ingest", "ingest")
         | {
@@ -120,6 +134,8 @@ def service_configs(
             "store": {"path": str(state.data / "anomalies.db")},
             "storage": {"addresses": address("storage")},
             "models": {"dir": str(state.data / "models")},
+            "exports": {"dir": str(state.data / "exports")},
+            "console": _console(state, base, address),
         },
         "agent": common("agent", f"agent-{agent_id}")
         | {
@@ -129,6 +145,40 @@ def service_configs(
             "shipper": {"ingest": {"addresses": address("ingest")}},
         },
     }
+
+
+def _console(
+    state: StateDir, base: int, address: Callable[[str], list[str]]
+) -> dict[str, Any]:
+    """The console on 127.0.0.1, logged into with the state directory's token file, calling
+    the mesh with the operator certificate."""
+
+    def metrics_url(service: str) -> str:
+        return f"http://127.0.0.1:{ports_for(service, base).metrics}/metrics"
+
+    return {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": console_port(base),
+        "tokens_file": str(state.console_tokens),
+        "client": {"tls": state.tls(f"operator-{OPERATOR}")},
+        "services": {name: address(name) for name in ("ingest", "pipeline", "storage")},
+        "monitoring": {
+            "metrics": [
+                {"name": "ingest", "kind": "ingest", "url": metrics_url("ingest")},
+                {"name": "agent", "kind": "agent", "url": metrics_url("agent")},
+            ]
+        },
+    }
+
+
+def ensure_console_token(state: StateDir) -> str:
+    """The console's login token, made once (readable by its owner only) and kept."""
+    path = state.console_tokens
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(f"{OPERATOR}:{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip().partition(":")[2]
 
 
 def write_configs(state: StateDir, configs: dict[str, dict[str, Any]]) -> None:

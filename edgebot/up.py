@@ -20,6 +20,8 @@ from edgebot.layout import (
     OPERATOR,
     SERVICE_ORDER,
     StateDir,
+    console_port,
+    ensure_console_token,
     ports_for,
     service_configs,
     write_configs,
@@ -56,6 +58,7 @@ def prepare_state(state: StateDir, base: int, syslog_port: int, agent_id: str) -
         agents=(agent_id,),
         operators=(OPERATOR,),
     )
+    ensure_console_token(state)
     write_configs(state, service_configs(state, base, syslog_port, agent_id))
     write_endpoints(state, base, syslog_port)
 
@@ -124,6 +127,9 @@ def banner(state: StateDir, base: int, syslog_port: int) -> str:
         [
             f"EdgeBot mesh is up (state in {state.root}, logs in {state.logs}):",
             *rows,
+            "",
+            f"Operator console: http://127.0.0.1:{console_port(base)}/ "
+            f"(token: the line after 'admin:' in {state.console_tokens})",
             "",
             "Send a syslog line to the edge agent:",
             f"  logger -n 127.0.0.1 -P {syslog_port} -d --rfc3164 -t myapp 'hello edgebot'",

@@ -78,7 +78,7 @@ def _port_free(port: int, kind: int) -> bool:
     return True
 
 
-def free_port_base(offsets: tuple[int, ...] = (1, 2, 3, 4, 5)) -> int:
+def free_port_base(offsets: tuple[int, ...] = (1, 2, 3, 4, 5, 6)) -> int:
     """A base B such that B+o, B+100+o and B+200+o are free TCP ports for every offset o."""
     rng = random.Random()
     for _ in range(200):

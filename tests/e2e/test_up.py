@@ -14,9 +14,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from support import free_port_base, free_udp_port
 
+from edgebot.layout import console_port
 from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
 from mesh.channel import open_channel
 from mesh.config import TlsConfig
@@ -149,10 +151,25 @@ async def test_logger_lines_reach_storage_through_the_whole_mesh(
         health = mesh.cli("health")
         assert health.returncode == 0, health.stdout + health.stderr
         assert health.stdout.count("SERVING") == 5
+        await console_shows_the_events(state_dir, base, marker)
     finally:
         code = stop_mesh(mesh)
     assert code == 0, mesh.process.stdout.read() if mesh.process.stdout else ""
     assert_no_secrets_in_logs(state_dir)
+
+
+async def console_shows_the_events(state_dir: Path, base: int, marker: str) -> None:
+    """`edgebot up` serves the console, behind the token it wrote for its owner alone."""
+    tokens = state_dir / "console-tokens"
+    assert tokens.stat().st_mode & 0o077 == 0
+    token = tokens.read_text().strip().partition(":")[2]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{console_port(base)}") as console:
+        assert (await console.get("/api/session")).status_code == 401
+        login = await console.post("/api/login", json={"token": token})
+        assert login.status_code == 200, login.text
+        found = await console.get("/api/events", params={"text": marker})
+        assert found.status_code == 200, found.text
+        assert len(found.json()["events"]) == 2
 
 
 def assert_no_secrets_in_logs(state_dir: Path) -> None:
