@@ -13,6 +13,7 @@ import yaml
 from edgebot.config_check import CONFIG_CLASSES
 from edgebot.layout import MODULES
 from mesh.config import ServiceConfig, load_config
+from storage_svc import StorageServiceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
@@ -56,3 +57,20 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
         for name in EDGEBOT_SERVICES
     }
     assert targets == expected
+
+
+def test_storage_writes_to_timescaledb_and_fans_out_to_loki_and_nats() -> None:
+    services = compose()["services"]
+    assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
+    assert services["loki"]["image"].startswith("grafana/loki:")
+    assert "-js" in services["nats"]["command"]
+    storage = services["storage"]
+    environment = {key: str(value) for key, value in storage["environment"].items()}
+    config = load_config(StorageServiceConfig, None, "storage", environ=environment)
+    assert config.storage.primary == "postgres"
+    assert "@timescaledb:5432/" in config.postgres.dsn
+    kinds = {sink.type: sink for sink in config.sinks}
+    assert set(kinds) == {"loki", "nats", "entities"}
+    assert kinds["loki"].url == "http://loki:3100"  # type: ignore[union-attr]
+    assert kinds["nats"].servers == ["nats://nats:4222"]  # type: ignore[union-attr]
+    assert storage["depends_on"]["timescaledb"]["condition"] == "service_healthy"
