@@ -3,7 +3,7 @@
 Run: .venv/bin/python -m bench.storage_pg_bench [--events 100000] [--batch 1000]
      [--in-flight 4] [--rounds 3] [--compare-gin]
 
-Starts its own throwaway PostgreSQL (the test suite's tests/storage_svc/pg_server.py) and
+Starts its own throwaway PostgreSQL (the test suite's tests/pg_server.py) and
 measures, in the same run and on the same server:
 
 (a) raw COPY: asyncpg ``copy_records_to_table`` of ready-made records into ``events`` as
