@@ -11,9 +11,17 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from edgebot.connect import add_connection_flags, operator_channel
+from edgebot.connect import operator_channel
 from edgebot.events import SEVERITY_NAMES, parse_time
-from edgebot.output import add_format_flag, table, to_json, wants_json, when
+from edgebot.output import (
+    add_command_flags,
+    print_help,
+    rpc_failed,
+    table,
+    to_json,
+    wants_json,
+    when,
+)
 from gen.edgebot.v1 import anomaly_pb2, anomaly_pb2_grpc, event_pb2
 from mesh.backoff import backoff_delay
 from mesh.timeutil import ns_to_ts
@@ -66,11 +74,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     listing.add_argument("--since", help="start time or age such as 2h (default: all)")
     listing.add_argument("--until", help="end time or age (exclusive)")
     listing.add_argument("--limit", type=int, default=50, help="most anomalies to print")
-    _common(listing, run_list)
+    add_command_flags(listing, run_list)
 
     get = commands.add_parser("get", help="one anomaly in full")
     get.add_argument("id")
-    _common(get, run_get)
+    add_command_flags(get, run_get)
 
     update = commands.add_parser(
         "update",
@@ -85,8 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     update.add_argument("--resolution", help="resolution status text, e.g. fixed, expected")
     update.add_argument("--notes", help="operator notes")
     update.add_argument("--label", choices=sorted(LABELS), help="operator verdict")
-    _common(update, run_update)
-    parser.set_defaults(handler=lambda args: _help(parser))
+    add_command_flags(update, run_update)
+    parser.set_defaults(handler=lambda args: print_help(parser))
 
 
 def add_alerts_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,27 +114,11 @@ def add_alerts_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument(
         "--heartbeat", type=float, default=15.0, help="seconds between keep-alives (follow)"
     )
-    _common(parser, run_alerts)
-
-
-def _common(parser: argparse.ArgumentParser, handler: object) -> None:
-    add_format_flag(parser)
-    add_connection_flags(parser)
-    parser.set_defaults(handler=handler)
-
-
-async def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    add_command_flags(parser, run_alerts)
 
 
 def _stub(channel: grpc.aio.Channel) -> anomaly_pb2_grpc.AnomalyServiceAsyncStub:
     return anomaly_pb2_grpc.AnomalyServiceStub(channel)
-
-
-def _fail(command: str, error: grpc.aio.AioRpcError) -> int:
-    print(f"edgebot {command}: {error.code().name}: {error.details()}", file=sys.stderr)
-    return 1
 
 
 def anomaly_row(a: anomaly_pb2.Anomaly) -> list[str]:
@@ -163,7 +155,7 @@ async def run_list(args: argparse.Namespace) -> int:
                     break
                 request.page_token = reply.next_page_token
         except grpc.aio.AioRpcError as error:
-            return _fail("anomalies", error)
+            return rpc_failed("anomalies", error)
     if wants_json(args):
         for anomaly in found:
             print(to_json(anomaly))
@@ -198,7 +190,7 @@ async def run_get(args: argparse.Namespace) -> int:
         try:
             reply = await _stub(channel).GetAnomaly(anomaly_pb2.GetAnomalyRequest(id=args.id))
         except grpc.aio.AioRpcError as error:
-            return _fail("anomalies", error)
+            return rpc_failed("anomalies", error)
     print_anomaly(reply.anomaly, wants_json(args))
     return 0
 
@@ -231,7 +223,7 @@ async def run_update(args: argparse.Namespace) -> int:
         try:
             reply = await _stub(channel).UpdateAnomaly(request)
         except grpc.aio.AioRpcError as error:
-            return _fail("anomalies", error)
+            return rpc_failed("anomalies", error)
     print_anomaly(reply.anomaly, wants_json(args))
     return 0
 
@@ -320,7 +312,7 @@ async def run_alerts(args: argparse.Namespace) -> int:
             try:
                 await _watch(stub, watch_request(args, printer.position), printer, True)
             except grpc.aio.AioRpcError as error:
-                return _fail("alerts", error)
+                return rpc_failed("alerts", error)
             return 0
         printer = AlertPrinter(wants_json(args), args.max_alerts, args.after)
         return await _follow(stub, args, printer)
@@ -337,7 +329,7 @@ async def _follow(
             reason = "the stream ended"
         except grpc.aio.AioRpcError as error:
             if error.code() not in RECONNECT_CODES:
-                return _fail("alerts", error)
+                return rpc_failed("alerts", error)
             reason = f"{error.code().name}: {error.details()}"
         if printer.done:
             break

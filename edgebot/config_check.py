@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel
 
 from edgebot.layout import MODULES
+from edgebot.output import print_help
 from mesh.config import ConfigError, load_config
 
 CONFIG_CLASSES = {
@@ -37,12 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     check.add_argument("file", type=Path)
     check.add_argument("--service", choices=sorted(CONFIG_CLASSES))
     check.set_defaults(handler=run_check)
-    parser.set_defaults(handler=lambda args: _help(parser))
-
-
-async def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
+    parser.set_defaults(handler=lambda args: print_help(parser))
 
 
 def guess_service(path: Path) -> str | None:

@@ -13,12 +13,14 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format
 
-from edgebot.connect import add_connection_flags, operator_channel
+from edgebot.connect import operator_channel
 from edgebot.events import SEVERITY_NAMES, build_filter
 from edgebot.output import (
-    add_format_flag,
+    add_command_flags,
     human_bytes,
     parse_size,
+    print_help,
+    rpc_failed,
     table,
     to_json,
     wants_json,
@@ -81,16 +83,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--max-part-size", type=parse_size, default=0, help="split parts at this size (10M)"
     )
     _wait_flags(create)
-    _common(create, run_create)
+    add_command_flags(create, run_create)
 
     listing = commands.add_parser("list", help="exports, newest first")
     listing.add_argument("--limit", type=int, default=50)
-    _common(listing, run_list)
+    add_command_flags(listing, run_list)
 
     get = commands.add_parser("get", help="one export: state, parts, validation report")
     get.add_argument("id")
     _wait_flags(get)
-    _common(get, run_get)
+    add_command_flags(get, run_get)
 
     download = commands.add_parser(
         "download", help="download an export's parts (checksums verified) and its report"
@@ -99,12 +101,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     download.add_argument("--out", type=Path, help="folder to write into (default: ./<id>)")
     download.add_argument("--part", type=int, action="append", help="only this part index")
     download.add_argument("--progress", action="store_true", help=PROGRESS_HELP)
-    _common(download, run_download)
+    add_command_flags(download, run_download)
 
     delete = commands.add_parser("delete", help="delete an export and its files")
     delete.add_argument("id")
-    _common(delete, run_delete)
-    parser.set_defaults(handler=lambda args: _help(parser))
+    add_command_flags(delete, run_delete)
+    parser.set_defaults(handler=lambda args: print_help(parser))
 
 
 PROGRESS_HELP = "show progress on stderr even when it is not a terminal"
@@ -116,24 +118,8 @@ def _wait_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between updates")
 
 
-def _common(parser: argparse.ArgumentParser, handler: object) -> None:
-    add_format_flag(parser)
-    add_connection_flags(parser)
-    parser.set_defaults(handler=handler)
-
-
-async def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
 def _stub(channel: grpc.aio.Channel) -> anomaly_pb2_grpc.AnomalyServiceAsyncStub:
     return anomaly_pb2_grpc.AnomalyServiceStub(channel)
-
-
-def _fail(error: grpc.aio.AioRpcError) -> int:
-    print(f"edgebot export: {error.code().name}: {error.details()}", file=sys.stderr)
-    return 1
 
 
 def create_request(args: argparse.Namespace) -> anomaly_pb2.CreateExportRequest:
@@ -233,7 +219,7 @@ async def run_create(args: argparse.Namespace) -> int:
             if args.wait:
                 export = await follow(stub, export.id, args.poll, Progress(args.progress))
         except grpc.aio.AioRpcError as error:
-            return _fail(error)
+            return rpc_failed("export", error)
     print_export(export, wants_json(args))
     return 1 if export.state == anomaly_pb2.EXPORT_STATE_FAILED else 0
 
@@ -248,7 +234,7 @@ async def run_get(args: argparse.Namespace) -> int:
                 request = anomaly_pb2.GetExportRequest(id=args.id)
                 export = (await stub.GetExport(request)).export
         except grpc.aio.AioRpcError as error:
-            return _fail(error)
+            return rpc_failed("export", error)
     print_export(export, wants_json(args))
     return 0
 
@@ -265,7 +251,7 @@ async def run_list(args: argparse.Namespace) -> int:
                     break
                 request.page_token = reply.next_page_token
         except grpc.aio.AioRpcError as error:
-            return _fail(error)
+            return rpc_failed("export", error)
     if wants_json(args):
         for export in found:
             print(to_json(export))
@@ -328,7 +314,7 @@ async def run_download(args: argparse.Namespace) -> int:
                 await download_part(stub, args.id, part, out / part.name, show)
         except grpc.aio.AioRpcError as error:
             show.end()
-            return _fail(error)
+            return rpc_failed("export", error)
         except ChecksumMismatch as error:
             show.end()
             print(f"edgebot export: {error}", file=sys.stderr)
@@ -351,6 +337,6 @@ async def run_delete(args: argparse.Namespace) -> int:
         try:
             await _stub(channel).DeleteExport(anomaly_pb2.DeleteExportRequest(id=args.id))
         except grpc.aio.AioRpcError as error:
-            return _fail(error)
+            return rpc_failed("export", error)
     print(f"export {args.id} deleted", file=sys.stderr)
     return 0

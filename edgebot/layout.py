@@ -147,9 +147,7 @@ def service_configs(
     }
 
 
-def _console(
-    state: StateDir, base: int, address: Callable[[str], list[str]]
-) -> dict[str, Any]:
+def _console(state: StateDir, base: int, address: Callable[[str], list[str]]) -> dict[str, Any]:
     """The console on 127.0.0.1, logged into with the state directory's token file, calling
     the mesh with the operator certificate."""
 

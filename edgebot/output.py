@@ -8,10 +8,12 @@ import re
 import sys
 from collections.abc import Sequence
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from edgebot.connect import add_connection_flags
 from mesh.timeutil import ns_to_datetime, ts_to_ns
 
 _SIZE = re.compile(r"^(\d+)([KMG]i?B?|B)?$", re.IGNORECASE)
@@ -70,3 +72,21 @@ def human_bytes(size: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def add_command_flags(parser: argparse.ArgumentParser, handler: object) -> None:
+    """--format and the connection flags, and the function that runs the command."""
+    add_format_flag(parser)
+    add_connection_flags(parser)
+    parser.set_defaults(handler=handler)
+
+
+async def print_help(parser: argparse.ArgumentParser) -> int:
+    """What a command group without a subcommand does: show its help, exit 2."""
+    parser.print_help()
+    return 2
+
+
+def rpc_failed(command: str, error: grpc.aio.AioRpcError) -> int:
+    print(f"edgebot {command}: {error.code().name}: {error.details()}", file=sys.stderr)
+    return 1
