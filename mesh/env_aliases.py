@@ -307,6 +307,8 @@ ALIASES: tuple[EnvAlias, ...] = (
     EnvAlias("LOKI_BATCH_SIZE", ("storage",), Unmapped(LOKI_HINT)),
     EnvAlias("LOKI_BATCH_TIMEOUT_SECONDS", ("storage",), Unmapped(LOKI_HINT)),
     # The original ETL service (NATS events.raw consumer, TimescaleDB writer, enrichment).
+    # NATS_URL names where the ETL service consumed; it does not switch the input on.
+    EnvAlias("NATS_URL", ("ingest",), SetKey(("nats", "servers"), url_list)),
     EnvAlias("PG_HOST", ("storage",), SetDsnPart(("postgres", "dsn"), "host")),
     EnvAlias("PG_PORT", ("storage",), SetDsnPart(("postgres", "dsn"), "port", port)),
     EnvAlias("PG_DB", ("storage",), SetDsnPart(("postgres", "dsn"), "database")),

@@ -18,6 +18,7 @@ PEERS=(
     "softflowd:softflowd"
     "gpsfake:gpsd-clients"
     "gpsd:gpsd"
+    "nats-server:nats-server"
 )
 
 # Debian keeps the PostgreSQL server binaries out of PATH.

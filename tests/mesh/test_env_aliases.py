@@ -140,6 +140,19 @@ def test_aliases_do_not_reach_other_services() -> None:
     assert agent.env_notices == []
 
 
+def test_nats_url_sets_the_ingest_nats_servers_without_enabling_the_input() -> None:
+    from ingest_svc import IngestServiceConfig
+
+    environ = {"NATS_URL": "nats://nats-1:4222, nats://nats-2:4222"}
+    config = load_config(IngestServiceConfig, None, "ingest", environ=environ)
+    assert config.nats.servers == ["nats://nats-1:4222", "nats://nats-2:4222"]
+    assert config.nats.enabled is False
+    assert config.env_notices == [
+        "NATS_URL is deprecated: it sets ingest nats.servers; use EDGEBOT_INGEST_NATS__SERVERS "
+        "instead"
+    ]
+
+
 def test_af_env_and_fake_rdns_add_enrichment_before_quality_validation() -> None:
     config = pipeline({"AF_ENV": "prod", "AF_FAKE_RDNS": "true"})
     listed = processors(config)
