@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
+from anomaly_svc.sources.log_entries import LogEntriesSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 
@@ -72,6 +73,10 @@ class AnomalyServiceConfig(ServiceConfig):
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     cache: CacheSection = Field(default_factory=CacheSection)
     analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+    log_entries: LogEntriesSection = Field(
+        default_factory=LogEntriesSection,
+        description="Also (or only) analyse an existing syslog-ng log_entries table.",
+    )
 
     @field_validator("agents", mode="before")
     @classmethod

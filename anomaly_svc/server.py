@@ -18,6 +18,7 @@ from anomaly_svc.alerts import AlertFilter, AlertHub, AnomalyRecorder, Subscript
 from anomaly_svc.config import AnomalyServiceConfig
 from anomaly_svc.models.manager import ModelManager, ModelState, ModelStatus
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
+from anomaly_svc.sources.log_entries import log_entries_feeds
 from anomaly_svc.store import (
     AlertKind,
     AlertRecord,
@@ -468,6 +469,7 @@ class AnomalyApp:
             models,
             ResourceMonitor(config.resources),
         )
+        scheduler.add_feeds(log_entries_feeds(config.log_entries, config.store.path))
         scheduler.start()
         self.detection = Detection(
             scheduler, models, hub, config.alerts.heartbeat_s, config.resources.defer_on_demand
