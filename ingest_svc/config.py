@@ -94,18 +94,25 @@ class NatsSection(Section):
         "authenticated agent, so a batch's own agent_id is replaced).",
     )
     max_inflight_messages: int = Field(
-        64,
+        256,
         ge=1,
         le=10_000,
-        description="Messages this replica processes at once; it fetches "
-        "no more until some are acked, nak'ed or terminated.",
+        description="Messages this replica processes at once; it fetches no more until some "
+        "are acked, nak'ed or terminated.",
     )
-    fetch_batch: int = Field(32, ge=1, le=1000, description="Most messages asked for per fetch.")
+    fetch_batch: int = Field(
+        64,
+        ge=1,
+        le=1000,
+        description="Most messages asked for per fetch; the messages of one fetch are merged "
+        "into as few batches as the ingest batch limits allow (several fetches are in flight "
+        "when max_inflight_messages allows).",
+    )
     fetch_timeout_s: float = Field(
         1.0, gt=0, le=60, description="How long one fetch waits for messages."
     )
     max_ack_pending: int = Field(
-        1000, ge=1, description="Un-acked messages the consumer allows over all replicas."
+        4096, ge=1, description="Un-acked messages the consumer allows over all replicas."
     )
     ack_wait_s: float = Field(
         30.0,

@@ -1,13 +1,15 @@
 """The NATS JetStream input: raw events from a subject take the same path as a gRPC batch.
 
 Every ingest replica pulls from one durable consumer, so JetStream hands each message to one
-replica at a time. A message becomes one EventBatch (ingest_svc.nats_payloads) and goes
-through IngestServicer.handle_batch — validation, pipeline, the primary storage commit — and
-only then is it acked. A downstream failure naks it with a delay (redelivered later); a
-message that can never become events is written to the dead-letter store and then terminated
-(never redelivered). Redeliveries carry the same batch id, so the batch ledger answers them
-as duplicates. At most ``max_inflight_messages`` are in flight per replica: fetching pauses
-until some are answered, and while pipeline or storage is not serving.
+replica at a time. Each message becomes an EventBatch (ingest_svc.nats_payloads); the
+messages of one fetch are merged into as few batches as the batch limits allow, and each
+batch goes through IngestServicer.handle_batch — validation, pipeline, the primary storage
+commit — and only then are its messages acked. A downstream failure naks them with a delay
+(redelivered later); a message that can never become events is written to the dead-letter
+store and then terminated (never redelivered). A redelivery is answered as a duplicate by the
+batch ledger (same batch id) or, grouped differently, by storage's event-id dedupe. At most
+``max_inflight_messages`` are in flight per replica: fetching pauses until some are
+answered, and while pipeline or storage is not serving.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import contextlib
 import logging
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -32,7 +35,7 @@ from gen.edgebot.v1 import event_pb2, ingest_pb2
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, NatsSection
 from ingest_svc.forwarder import Delivery
-from ingest_svc.nats_payloads import MessageInfo, PayloadError, decode
+from ingest_svc.nats_payloads import MessageInfo, PayloadError, decode, merge
 from mesh.backoff import backoff_delay
 from mesh.config import ConfigError
 from mesh.timeutil import datetime_to_ns, now_ns, ns_to_ts
@@ -89,7 +92,8 @@ class NatsInput:
         self._client: Client | None = None
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._handlers: set[asyncio.Task[None]] = set()
+        self._handlers: dict[asyncio.Task[None], int] = {}
+        """Each handler task and how many messages it answers."""
         self._slot_freed = asyncio.Event()
         self._downstream_ready = asyncio.Event()
         self._last_error = ""
@@ -105,6 +109,11 @@ class NatsInput:
         else:
             self._downstream_ready.clear()
             log.warning("nats input paused: pipeline or storage is not serving")
+
+    @property
+    def fetching(self) -> bool:
+        """Connected, consumer bound, downstream serving: messages are being pulled."""
+        return self.connected and self._downstream_ready.is_set()
 
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run(), name="nats-input")
@@ -268,43 +277,65 @@ class NatsInput:
             except (nats.errors.ConnectionReconnectingError, nats.errors.NoRespondersError):
                 await asyncio.sleep(settings.fetch_timeout_s)
                 continue
-            for message in messages:
-                task = asyncio.create_task(self._answer(message))
-                self._handlers.add(task)
-                metrics.NATS_INFLIGHT.set(len(self._handlers))
-                task.add_done_callback(self._handler_done)
+            if not messages:
+                continue
+            task = asyncio.create_task(self._answer(messages))
+            self._handlers[task] = len(messages)
+            self._count_inflight()
+            task.add_done_callback(self._handler_done)
+
+    def _count_inflight(self) -> None:
+        metrics.NATS_INFLIGHT.set(sum(self._handlers.values()))
 
     async def _free_slots(self) -> int:
-        while len(self._handlers) >= self.settings.max_inflight_messages:
+        while sum(self._handlers.values()) >= self.settings.max_inflight_messages:
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        return self.settings.max_inflight_messages - len(self._handlers)
+        return self.settings.max_inflight_messages - sum(self._handlers.values())
 
     def _handler_done(self, task: asyncio.Task[None]) -> None:
-        self._handlers.discard(task)
-        metrics.NATS_INFLIGHT.set(len(self._handlers))
+        self._handlers.pop(task, None)
+        self._count_inflight()
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("nats input: message handler failed", exc_info=task.exception())
 
-    # One message ------------------------------------------------------------------------
-    async def _answer(self, message: Msg) -> None:
-        info = message_info(message)
-        try:
-            batch = decode(message.data, message.headers, info, self.settings.agent_id)
-        except PayloadError as problem:
-            await self._refuse(message, info, problem.field, problem.reason)
-            return
-        async with self._keeping_alive(message):
+    # Messages ---------------------------------------------------------------------------
+    async def _answer(self, messages: Sequence[Msg]) -> None:
+        """Unusable messages are refused one by one; the others go downstream merged into
+        as few batches as the limits allow (one storage commit for many small messages)."""
+        decoded: list[Decoded] = []
+        refusals = []
+        for message in messages:
+            info = message_info(message)
+            try:
+                batch = decode(message.data, message.headers, info, self.settings.agent_id)
+            except PayloadError as problem:
+                refusals.append(self._refuse(message, info, problem.field, problem.reason))
+                continue
+            decoded.append(Decoded(message, info, batch))
+        await asyncio.gather(*refusals)
+        limits = self.limits
+        for group in groups(decoded, limits.max_events_per_batch, limits.max_batch_bytes):
+            await self._deliver(group)
+
+    async def _deliver(self, group: Sequence[Decoded]) -> None:
+        batch = merge([(d.info, d.batch) for d in group], self.settings.agent_id)
+        async with self._keeping_alive([d.message for d in group]):
             delivery = await self.handle_batch(batch)
         if delivery.status in DELIVERED:
-            await message.ack()
-            metrics.NATS_MESSAGES.labels("acked").inc()
+            await asyncio.gather(*(d.message.ack() for d in group))
+            metrics.NATS_MESSAGES.labels("acked").inc(len(group))
         elif delivery.status == ingest_pb2.ACK_STATUS_RETRY:
-            await self._nak(message, info, delivery)
+            await asyncio.gather(*(self._nak(d.message, d.info, delivery) for d in group))
+        elif len(group) > 1:
+            # Refused as a whole: find out which message it is about, one at a time.
+            for one in group:
+                await self._deliver([one])
         else:
             field, _, reason = delivery.message.partition(": ")
-            await self._refuse(message, info, field or "batch", reason or delivery.message)
+            only = group[0]
+            await self._refuse(only.message, only.info, field or "batch", reason or "refused")
 
     async def _refuse(self, message: Msg, info: MessageInfo, field: str, reason: str) -> None:
         """Keep the message as a dead letter, then terminate it; nak if it cannot be kept."""
@@ -312,7 +343,7 @@ class NatsInput:
             batch_id=info.batch_id, agent_id=self.settings.agent_id, seq=info.stream_seq
         )
         letter = dead_letter(message, info, field, reason, header, self.limits.max_batch_bytes)
-        async with self._keeping_alive(message):
+        async with self._keeping_alive([message]):
             kept = await self.keep_dead_letters(header, [letter])
         if kept.status not in DELIVERED:
             await self._nak(message, info, kept)
@@ -338,10 +369,10 @@ class NatsInput:
         )
 
     @contextlib.asynccontextmanager
-    async def _keeping_alive(self, message: Msg) -> AsyncIterator[None]:
-        """In-progress signals while a message is worked on, so a slow pipeline or storage
-        call does not make JetStream hand it to another replica too."""
-        ticker = asyncio.create_task(self._tick(message))
+    async def _keeping_alive(self, messages: Sequence[Msg]) -> AsyncIterator[None]:
+        """In-progress signals while messages are worked on, so a slow pipeline or storage
+        call does not make JetStream hand them to another replica too."""
+        ticker = asyncio.create_task(self._tick(messages))
         try:
             yield
         finally:
@@ -349,11 +380,35 @@ class NatsInput:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
 
-    async def _tick(self, message: Msg) -> None:
+    async def _tick(self, messages: Sequence[Msg]) -> None:
         while True:
             await asyncio.sleep(self.settings.ack_wait_s / 3)
-            with contextlib.suppress(Exception):
-                await message.in_progress()
+            for message in messages:
+                with contextlib.suppress(Exception):
+                    await message.in_progress()
+
+
+@dataclass(frozen=True)
+class Decoded:
+    message: Msg
+    info: MessageInfo
+    batch: event_pb2.EventBatch
+
+
+def groups(decoded: Sequence[Decoded], max_events: int, max_bytes: int) -> list[list[Decoded]]:
+    """Consecutive messages whose batches fit the batch limits together; a message over a
+    limit stays alone (and is refused by ingest's batch checks)."""
+    found: list[list[Decoded]] = []
+    events = size = 0
+    for item in decoded:
+        count, bytes_ = len(item.batch.events), item.batch.ByteSize()
+        if found and events + count <= max_events and size + bytes_ <= max_bytes:
+            found[-1].append(item)
+            events, size = events + count, size + bytes_
+        else:
+            found.append([item])
+            events, size = count, bytes_
+    return found
 
 
 def message_info(message: Msg) -> MessageInfo:

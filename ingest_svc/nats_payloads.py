@@ -20,7 +20,7 @@ import base64
 import binascii
 import datetime as dt
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,26 @@ def decode(
     return batch
 
 
+def merge(
+    batches: Sequence[tuple[MessageInfo, event_pb2.EventBatch]], agent_id: str
+) -> event_pb2.EventBatch:
+    """Several messages' batches as one (one storage commit). Its id names the first message
+    and the count, so the same group sent again is a ledger duplicate; a redelivery grouped
+    differently is caught by storage's event-id dedupe."""
+    if len(batches) == 1:
+        return batches[0][1]
+    first = batches[0][0]
+    merged = event_pb2.EventBatch(
+        batch_id=f"nats:{first.stream}:{first.stream_seq}+{len(batches)}",
+        agent_id=agent_id,
+        seq=first.stream_seq,
+        is_retry=any(batch.is_retry for _, batch in batches),
+    )
+    for _, batch in batches:
+        merged.events.extend(batch.events)
+    return merged
+
+
 def _content_type(headers: Mapping[str, str] | None) -> tuple[str, dict[str, str]]:
     value = ""
     for name, text in (headers or {}).items():
@@ -143,16 +163,16 @@ def _json_batch(data: bytes, info: MessageInfo) -> event_pb2.EventBatch:
     if isinstance(body, list):
         if not body:
             raise PayloadError("body", "an empty JSON array holds no events")
-        for index, item in enumerate(body):
-            raw = json.dumps(item, separators=(",", ":")).encode()
-            batch.events.append(etl_event(item, info, index, raw, f"[{index}]."))
+        batch.events.extend(
+            etl_event(item, info, index, None, f"[{index}].") for index, item in enumerate(body)
+        )
     else:
         batch.events.append(etl_event(body, info, None, data, ""))
     return batch
 
 
 def etl_event(
-    item: Any, info: MessageInfo, index: int | None, raw: bytes, where: str
+    item: Any, info: MessageInfo, index: int | None, raw: bytes | None, where: str
 ) -> event_pb2.Event:
     """One event of the original ETL service's shape as an Event (README has the rules)."""
     if not isinstance(item, dict):
@@ -161,31 +181,35 @@ def etl_event(
     if metadata is not None and not isinstance(metadata, dict):
         raise PayloadError(f"{where}metadata", "must be a JSON object")
     metadata = metadata or {}
-    event = event_pb2.Event(
-        id=_event_id(item.get("id"), info, index, where),
-        type=_text(item.get("type"), f"{where}type") or "raw",
-        source=_text(item.get("source"), f"{where}source") or f"nats/{info.subject}",
-        raw=raw,
-    )
-    event.host = _first_text(metadata, HOST_KEYS) or event.source
-    event.service = _first_text(metadata, SERVICE_KEYS)
-    event.severity = event_pb2.Severity.ValueType(_severity(metadata))
-    ns_to_ts(_event_time(item.get("timestamp"), info, f"{where}timestamp"), event.time)
-    ns_to_ts(info.published_ns, event.observed_time)
-    event.attributes.update(flatten("metadata", metadata))
-    payload = item.get("payload")
-    decoded = _decoded_payload(payload)
+    event_type = _text(item.get("type"), f"{where}type") or "raw"
+    source = _text(item.get("source"), f"{where}source") or f"nats/{info.subject}"
+    attributes = dict(flatten("metadata", metadata))
+    message = ""
+    decoded = _decoded_payload(item.get("payload"))
     if isinstance(decoded, dict):
-        event.attributes.update(flatten("payload", decoded))
-        event.message = _summary(event.type, decoded)
+        attributes.update(flatten("payload", decoded))
+        message = _summary(event_type, decoded)
     elif isinstance(decoded, str):
-        event.message = decoded
+        message = decoded
     elif decoded is not None:
-        event.attributes["payload"] = json.dumps(decoded, separators=(",", ":"))
+        attributes["payload"] = json.dumps(decoded, separators=(",", ":"))
     for key, value in item.items():
         if key not in ETL_FIELDS:
-            event.attributes.update(flatten(f"etl.{key}", value))
-    return event
+            attributes.update(flatten(f"etl.{key}", value))
+    # One constructor call: protobuf fills the map and the strings in C.
+    return event_pb2.Event(
+        id=_event_id(item.get("id"), info, index, where),
+        type=event_type,
+        source=source,
+        host=_first_text(metadata, HOST_KEYS) or source,
+        service=_first_text(metadata, SERVICE_KEYS),
+        severity=event_pb2.Severity.ValueType(_severity(metadata)),
+        message=message,
+        attributes=attributes,
+        time=ns_to_ts(_event_time(item.get("timestamp"), info, f"{where}timestamp")),
+        observed_time=ns_to_ts(info.published_ns),
+        raw=raw,
+    )
 
 
 def _event_id(value: Any, info: MessageInfo, index: int | None, where: str) -> str:
@@ -261,6 +285,8 @@ def _decoded_payload(payload: Any) -> Any:
         if decoded is None:
             break
         text = decoded
+    if text[:1] not in ("{", "["):
+        return text
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError:
