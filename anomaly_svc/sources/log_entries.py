@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from prometheus_client import Counter
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from anomaly_svc.agents.base import EventView
 from mesh.backoff import backoff_delay
@@ -165,6 +165,14 @@ class LogEntriesSection(Section):
         description="Run no scheduled StorageService windows: the table is the only source "
         "(RunAnalysis on demand still reads StorageService).",
     )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> LogEntriesSection:
+        if self.sslmode in ("verify-ca", "verify-full") and self.ssl_root_cert is None:
+            raise ValueError(f"ssl_root_cert: required with sslmode {self.sslmode}")
+        if (self.ssl_cert is None) != (self.ssl_key is None):
+            raise ValueError("ssl_cert and ssl_key go together")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -439,7 +447,7 @@ class LogEntriesFeed:
                 self.last_error = ""
             except asyncio.CancelledError:
                 raise
-            except (SourceError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except Exception as exc:
                 await self._failed(exc, failures)
                 delay = backoff_delay(
                     failures, self.section.retry_initial_s, self.section.retry_max_s
@@ -453,8 +461,16 @@ class LogEntriesFeed:
     async def _failed(self, exc: BaseException, failures: int) -> None:
         CYCLES.labels("error").inc()
         text = f"{type(exc).__name__}: {exc}" if not isinstance(exc, SourceError) else str(exc)
+        expected = isinstance(
+            exc, SourceError | OSError | asyncpg.PostgresError | asyncpg.InterfaceError
+        )
         if text != self.last_error or failures == 0:
-            log.error("log_entries: poll failed: %s", text, extra={"source": self.source_key})
+            log.error(
+                "log_entries: poll failed: %s",
+                text,
+                exc_info=None if expected else exc,
+                extra={"source": self.source_key},
+            )
         self.last_error = text
         # Start again from fresh connections and a fresh look at the table.
         await self._close_pools()

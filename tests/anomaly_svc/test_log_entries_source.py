@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 from anomaly_samples import crowdsec_events, openwrt_events
+from pydantic import ValidationError
 from support import Pki, eventually_async, make_config, secure_channel
 
 from anomaly_svc import AnomalyApp, AnomalyServiceConfig, build
@@ -479,3 +480,10 @@ async def test_the_feed_retries_until_the_database_is_back(log_db: LogDb, tmp_pa
     finally:
         await feed.stop()
     assert [[e.message for e in batch] for batch in collector.batches] == [["after the outage"]]
+
+
+def test_tls_settings_are_checked_with_the_configuration() -> None:
+    with pytest.raises(ValidationError, match="ssl_root_cert: required with sslmode verify-ca"):
+        LogEntriesSection(sslmode="verify-ca")
+    with pytest.raises(ValidationError, match="ssl_cert and ssl_key go together"):
+        LogEntriesSection(ssl_cert="/etc/client.crt")
