@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from anomaly_svc.agents import BUILT_IN, AgentSettings, validate_settings
 from anomaly_svc.console.config import ConsoleSection
 from anomaly_svc.notify.settings import NotificationsSection
+from anomaly_svc.sources.log_entries import LogEntriesSection
 from mesh.config import ClientConfig, Section, ServiceConfig
 
 
@@ -123,14 +124,17 @@ class AnomalyServiceConfig(ServiceConfig):
         default_factory=NotificationsSection,
         description="E-mail and webhook notifications of alerts: channels and rules.",
     )
+    console: ConsoleSection = Field(
+        default_factory=ConsoleSection, description="The operator web console (off by default)."
+    )
+    log_entries: LogEntriesSection = Field(
+        default_factory=LogEntriesSection,
+        description="Also (or only) analyse an existing syslog-ng log_entries table.",
+    )
 
     @property
     def exports_dir(self) -> Path:
         return self.exports.dir or self.store.path.parent / "exports"
-
-    console: ConsoleSection = Field(
-        default_factory=ConsoleSection, description="The operator web console (off by default)."
-    )
 
     @field_validator("agents", mode="before")
     @classmethod

@@ -6,6 +6,9 @@ skipped silently: it is logged, counted (``edgebot_anomaly_cycles_total{outcome=
 and reported per agent in ListAgents (count, last reason and time). The deferred window is
 kept, so the next cycle covers it. On-demand runs ignore the monitor unless
 ``resources.defer_on_demand`` is set.
+
+Event feeds (anomaly_svc.sources) push events from elsewhere — rows of an existing
+``log_entries`` table — through ``analyze_events``, alongside or instead of the windows.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import psutil
@@ -26,6 +30,7 @@ from anomaly_svc.agents import AgentSettings, BaseAgent, EventView, Window, crea
 from anomaly_svc.alerts import AnomalyRecorder
 from anomaly_svc.config import CacheSection, ResourcesSection
 from anomaly_svc.models.manager import ModelManager
+from anomaly_svc.store import AnomalyRecord
 from gen.edgebot.v1 import storage_pb2, storage_pb2_grpc
 from mesh.timeutil import NS_PER_S, now_ns, ns_to_ts
 
@@ -144,6 +149,18 @@ class AgentRunner:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+class EventFeed(Protocol):
+    """A source that pushes new events to the scheduler instead of being queried by window."""
+
+    @property
+    def replaces_storage(self) -> bool:
+        """True when the scheduled StorageService windows should not run at all."""
+
+    def start(self, scheduler: Scheduler) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Scheduler:
     def __init__(
         self,
@@ -158,16 +175,26 @@ class Scheduler:
         self.recorder = recorder
         self.models = models
         self.monitor = monitor
+        self.feeds: list[EventFeed] = []
         self._tasks: list[asyncio.Task[None]] = []
+
+    def add_feeds(self, feeds: Sequence[EventFeed]) -> None:
+        self.feeds.extend(feeds)
 
     def start(self) -> None:
         now = now_ns()
+        for feed in self.feeds:
+            feed.start(self)
+        if any(feed.replaces_storage for feed in self.feeds):
+            return
         for name, runner in self.runners.items():
             if runner.settings.enabled:
                 runner.next_run_ns = now + int(runner.settings.interval_s * NS_PER_S)
                 self._tasks.append(asyncio.create_task(self._loop(runner), name=f"agent-{name}"))
 
     async def stop(self) -> None:
+        for feed in self.feeds:
+            await feed.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -218,14 +245,7 @@ class Scheduler:
             events = await self.source.fetch(
                 runner.agent.services, runner.agent.event_types, start, end
             )
-            model = self.models.current(name) if runner.agent.uses_model else None
-            runner.model_version = model.version if model else ""
-            # Agents are CPU-bound; a thread keeps RPCs and other streams responsive.
-            candidates = await asyncio.to_thread(
-                runner.agent.analyze, Window(start, end, events), model
-            )
-            for candidate in candidates:
-                await self.recorder.record(candidate)
+            candidates = await self._detect(runner, Window(start, end, events))
         except StorageUnavailable as exc:
             result.error = runner.last_error = str(exc)
             log.error("analysis cycle failed", extra={"agent": name, "error": result.error})
@@ -247,3 +267,47 @@ class Scheduler:
                    "scheduled": scheduled},
         )  # fmt: skip
         return result
+
+    async def _detect(self, runner: AgentRunner, window: Window) -> list[AnomalyRecord]:
+        """Run one agent over a window and record what it found."""
+        model = self.models.current(runner.agent.name) if runner.agent.uses_model else None
+        runner.model_version = model.version if model else ""
+        # Agents are CPU-bound; a thread keeps RPCs and other streams responsive.
+        candidates = await asyncio.to_thread(runner.agent.analyze, window, model)
+        for candidate in candidates:
+            await self.recorder.record(candidate)
+        return candidates
+
+    async def analyze_events(
+        self, events: Sequence[EventView], origin: str
+    ) -> list[CycleResult] | None:
+        """Every enabled agent over events a feed pushed (each agent sees the services and
+        types it reads); None, changing nothing, when the machine is busy."""
+        if reason := self.monitor.busy_reason():
+            log.warning("feed analysis deferred", extra={"source": origin, "reason": reason})
+            return None
+        ordered = sorted(events, key=lambda e: e.time_ns)
+        start = ordered[0].time_ns if ordered else now_ns()
+        end = ordered[-1].time_ns + 1 if ordered else start + 1
+        results = []
+        for name, runner in self.runners.items():
+            if not runner.settings.enabled:
+                continue
+            began = time.monotonic()
+            selected = [e for e in ordered if _reads(runner.agent, e)]
+            async with runner.lock:
+                candidates = await self._detect(runner, Window(start, end, selected))
+                runner.last_run_ns = now_ns()
+                runner.anomalies_found += len(candidates)
+            metrics.CYCLES.labels(name, "ok").inc()
+            results.append(
+                CycleResult(name, len(selected), len(candidates), time.monotonic() - began)
+            )
+        return results
+
+
+def _reads(agent: BaseAgent, event: EventView) -> bool:
+    """The same selection a StorageService query by services and types makes."""
+    return (not agent.services or event.service in agent.services) and (
+        not agent.event_types or event.type in agent.event_types
+    )

@@ -29,6 +29,7 @@ from anomaly_svc.export.convert import export_to_proto, spec_from_proto
 from anomaly_svc.models.manager import ModelError, ModelManager, ModelState, ModelStatus
 from anomaly_svc.notify import Notifier
 from anomaly_svc.scheduler import CycleResult, EventSource, ResourceMonitor, Scheduler
+from anomaly_svc.sources.log_entries import log_entries_feeds
 from anomaly_svc.store import (
     AlertKind,
     AlertRecord,
@@ -572,6 +573,7 @@ class AnomalyApp:
             models,
             ResourceMonitor(config.resources),
         )
+        scheduler.add_feeds(log_entries_feeds(config.log_entries, config.store.path))
         scheduler.start()
         self.detection = Detection(
             scheduler, models, hub, config.alerts.heartbeat_s, config.resources.defer_on_demand

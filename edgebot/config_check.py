@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from edgebot.layout import MODULES
 from edgebot.output import print_help
-from mesh.config import ConfigError, load_config
+from mesh.config import ConfigError, ServiceConfig, load_config
 
 CONFIG_CLASSES = {
     "storage": ("storage_svc", "StorageServiceConfig"),
@@ -79,5 +79,7 @@ async def run_check(args: argparse.Namespace) -> int:
         return 1
     effective = hide_secrets(config.model_dump(mode="json"))
     print(f"# {args.file}: valid configuration for {service} (python -m {MODULES[service]})")
+    for notice in config.env_notices if isinstance(config, ServiceConfig) else ():
+        print(f"# warning: {notice}")
     print(yaml.safe_dump(effective, sort_keys=False), end="")
     return 0

@@ -109,6 +109,26 @@ class Forwarder:
         finally:
             metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
 
+    async def keep_dead_letters(
+        self, batch: event_pb2.EventBatch, letters: list[event_pb2.DeadLetter]
+    ) -> Delivery:
+        """Store refused input in the dead-letter store under the batch's ledger id; OK only
+        once the primary sink committed it."""
+        request = storage_pb2.WriteRequest(batch=_copy_header(batch), dead_letters=letters)
+        started = time.perf_counter()
+        try:
+            written = await self.storage.Write(request, timeout=self.storage_timeout_s)
+        except grpc.aio.AioRpcError as error:
+            return self._failed(batch, len(letters), error)
+        finally:
+            metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
+        return Delivery(
+            status=ingest_pb2.ACK_STATUS_OK,
+            received=len(letters),
+            sink_results=list(written.sink_results),
+            message="batch already stored" if written.duplicate_batch else "",
+        )
+
     def _failed(
         self, batch: event_pb2.EventBatch, received: int, error: grpc.aio.AioRpcError
     ) -> Delivery:

@@ -4,12 +4,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter(
     "mothership_ingestion_requests_total",
-    "Batches received (stream batches and Push calls), by ack status.",
-    ["status"],
+    "Batches received (stream batches, Push calls, NATS messages), by ack status and "
+    "transport (grpc, nats).",
+    ["status", "transport"],
 )
 EVENTS = Counter(
     "mothership_ingestion_events_total",
-    "Events received in batches, before validation.",
+    "Events received in batches, before validation, by transport (grpc, nats).",
+    ["transport"],
 )
 ACTIVE_CONNECTIONS = Gauge(
     "mothership_active_connections",
@@ -34,4 +36,23 @@ REFUSED = Counter(
     "mothership_ingestion_refused_total",
     "Streams and Push calls refused before processing, by reason.",
     ["reason"],
+)
+NATS_MESSAGES = Counter(
+    "mothership_ingestion_nats_messages_total",
+    "NATS input messages by what was answered: acked (stored, or already stored), nak "
+    "(downstream failure, redelivered later) or term (unusable, kept as a dead letter).",
+    ["outcome"],
+)
+NATS_TERMINATED = Counter(
+    "mothership_ingestion_nats_terminated_total",
+    "NATS messages terminated, by the field that made them unusable.",
+    ["field"],
+)
+NATS_INFLIGHT = Gauge(
+    "mothership_ingestion_nats_inflight_messages",
+    "NATS messages being processed by this replica.",
+)
+NATS_CONNECTED = Gauge(
+    "mothership_ingestion_nats_connected",
+    "1 while the NATS input is connected and its consumer is bound, else 0.",
 )

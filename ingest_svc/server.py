@@ -24,6 +24,7 @@ from gen.edgebot.v1 import (
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.forwarder import Delivery, Forwarder
+from ingest_svc.nats_input import NatsInput
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
 from mesh.channel import open_channel
@@ -37,6 +38,8 @@ tracer = trace.get_tracer("edgebot.ingest")
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
 PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
 STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+NATS_HEALTH = "edgebot.ingest.nats"
+"""Health entry of the NATS input: SERVING while it is connected and its consumer bound."""
 VERSION = "0.1.0"
 POLICY = AccessPolicy(
     methods={
@@ -145,10 +148,10 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             server_version=VERSION,
         )
 
-    async def handle_batch(self, batch: event_pb2.EventBatch) -> Delivery:
+    async def handle_batch(self, batch: event_pb2.EventBatch, transport: str = "grpc") -> Delivery:
         """Validate, forward and account one batch; never raises for downstream trouble."""
         started = time.perf_counter()
-        metrics.EVENTS.inc(len(batch.events))
+        metrics.EVENTS.labels(transport).inc(len(batch.events))
         with batch_span(batch) as span:
             problem = batch_problem(batch, batch.ByteSize(), self.limits)
             if problem is not None:
@@ -165,7 +168,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                     finally:
                         metrics.INFLIGHT_BATCHES.dec()
             record_delivery(span, delivery)
-        metrics.REQUESTS.labels(_STATUS_NAMES[delivery.status]).inc()
+        metrics.REQUESTS.labels(_STATUS_NAMES[delivery.status], transport).inc()
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
         return delivery
 
@@ -374,7 +377,9 @@ class IngestApp:
         )
         self.channels: list[grpc.aio.Channel] = []
         self.monitor: DependencyMonitor | None = None
-        self.runtime.before_drain.append(self.servicer.drain)
+        self.nats: NatsInput | None = None
+        self._dependencies_ready = False
+        self.runtime.before_drain.append(self._drain)
 
     def _channel(self, client: ClientConfig, service: str) -> grpc.aio.Channel:
         channel = open_channel(
@@ -391,13 +396,24 @@ class IngestApp:
         config = self.config
         pipeline = self._channel(config.pipeline, PIPELINE_SERVICE)
         storage = self._channel(config.storage, STORAGE_SERVICE)
-        self.servicer.forwarder = Forwarder(
+        forwarder = Forwarder(
             pipeline_pb2_grpc.PipelineServiceStub(pipeline),
             storage_pb2_grpc.StorageServiceStub(storage),
             config.pipeline.timeout_s,
             config.storage.timeout_s,
             config.ingest.retry_delay_s,
         )
+        self.servicer.forwarder = forwarder
+        if config.nats.enabled:
+            await self.runtime.set_serving(False, NATS_HEALTH)
+            self.nats = NatsInput(
+                config.nats,
+                config.ingest,
+                lambda batch: self.servicer.handle_batch(batch, "nats"),
+                forwarder.keep_dead_letters,
+                self._nats_changed,
+            )
+            self.nats.start()
         self.monitor = DependencyMonitor(
             {"pipeline": (pipeline, PIPELINE_SERVICE), "storage": (storage, STORAGE_SERVICE)},
             self._dependencies_changed,
@@ -406,9 +422,29 @@ class IngestApp:
         self.monitor.start()
 
     async def _dependencies_changed(self, ready: bool, state: dict[str, bool]) -> None:
-        await self.runtime.set_serving(ready)
+        self._dependencies_ready = ready
+        await self._report_health()
+
+    async def _nats_changed(self, connected: bool) -> None:
+        await self.runtime.set_serving(connected, NATS_HEALTH)
+        await self._report_health()
+
+    async def _report_health(self) -> None:
+        """Serving when pipeline and storage are, and the NATS input too if it is required."""
+        if self.nats is not None:
+            self.nats.set_downstream_ready(self._dependencies_ready)
+        nats_ok = self.nats is None or not self.config.nats.required or self.nats.connected
+        await self.runtime.set_serving(self._dependencies_ready and nats_ok)
+
+    async def _drain(self) -> None:
+        if self.nats is not None:
+            await self.nats.drain(self.config.server.grace_period_s)
+            await self.runtime.set_serving(False, NATS_HEALTH)
+        await self.servicer.drain()
 
     async def close(self) -> None:
+        if self.nats is not None:
+            await self.nats.close()
         if self.monitor is not None:
             await self.monitor.stop()
         for channel in self.channels:

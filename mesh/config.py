@@ -6,19 +6,28 @@ tracing); a service prefix such as ``EDGEBOT_INGEST_`` reaches any key of that s
 wins: ``EDGEBOT_LOGGING__LEVEL=DEBUG``, ``EDGEBOT_STORAGE_SQLITE__PATH=/data/events.db``,
 ``EDGEBOT_INGEST_PIPELINE__ADDRESSES='["pipeline:50052"]'``.
 Values that look like JSON lists or objects are parsed as JSON.
+
+The original services' variables (``MOTHERSHIP_DB_DSN``, ``NATS_URL``, ...) are accepted as
+deprecated aliases (mesh.env_aliases); they apply before the EDGEBOT_* overrides, so
+EDGEBOT_* wins, and each leaves a notice that ``log_env_notices`` logs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic_core import to_jsonable_python
 
+from mesh.env_aliases import AliasError, AppliedAliases, apply_aliases
+
+log = logging.getLogger(__name__)
 GLOBAL_ENV_PREFIX = "EDGEBOT_"
 ENV_PATH_SEPARATOR = "__"
 
@@ -127,6 +136,17 @@ class ServiceConfig(Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    _env_notices: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def env_notices(self) -> list[str]:
+        """Deprecation notices of the old environment variables this configuration used."""
+        return list(self._env_notices)
+
+
+def log_env_notices(config: ServiceConfig) -> None:
+    for notice in config.env_notices:
+        log.warning(notice, extra={"deprecated_env": notice.split(" ", 1)[0]})
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -146,13 +166,42 @@ def load_config(
         (GLOBAL_ENV_PREFIX, shared),
         (f"{GLOBAL_ENV_PREFIX}{service.upper()}_", set(model.model_fields)),
     )
-    for prefix, known in scopes:
-        for key_path, value in _env_overrides(env, prefix, known):
-            _set_path(data, key_path, value)
+    overrides = [
+        override for prefix, known in scopes for override in _env_overrides(env, prefix, known)
+    ]
     try:
-        return model.model_validate(data)
+        aliases = apply_aliases(
+            data,
+            env,
+            service,
+            set(model.model_fields),
+            lambda key_path: _default_at(model, key_path),
+            [key_path for key_path, _ in overrides],
+        )
+    except AliasError as exc:
+        raise ConfigError(f"invalid environment: {exc}") from None
+    for key_path, value in overrides:
+        _set_path(data, key_path, value)
+    try:
+        config = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from None
+        raise ConfigError(_describe(exc, path, aliases)) from None
+    if isinstance(config, ServiceConfig):
+        config._env_notices = aliases.notices
+    return config
+
+
+def _default_at(model: type[BaseModel], key_path: tuple[str, ...]) -> Any:
+    """The model's default at ``key_path`` as plain data, or None."""
+    field = model.model_fields.get(key_path[0])
+    if field is None:
+        return None
+    node: Any = to_jsonable_python(field.get_default(call_default_factory=True))
+    for key in key_path[1:]:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
 
 
 def _read_yaml(path: Path | None) -> dict[str, Any]:
@@ -207,11 +256,16 @@ def _set_path(data: dict[str, Any], key_path: list[str], value: Any) -> None:
     node[key_path[-1]] = value
 
 
-def _describe(exc: ValidationError, path: Path | None) -> str:
+def _describe(
+    exc: ValidationError, path: Path | None, aliases: AppliedAliases | None = None
+) -> str:
     where = f" in {path}" if path else ""
     problems = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        origin = _alias_origin(key, aliases)
+        if origin:
+            key += f" (set by {origin})"
         reason = error["msg"]
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
@@ -219,3 +273,12 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         shown = "" if error["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
         problems.append(f"{key}: {reason}{shown}")
     return f"invalid configuration{where}: " + "; ".join(problems)
+
+
+def _alias_origin(key: str, aliases: AppliedAliases | None) -> str:
+    if aliases is None:
+        return ""
+    for prefix, name in aliases.origins.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return name
+    return ""

@@ -19,7 +19,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from mesh import metrics
-from mesh.config import ServiceConfig
+from mesh.config import ServiceConfig, log_env_notices
 from mesh.identity import AccessPolicy, OperatorTokens
 from mesh.interceptors import ServerInterceptor
 from mesh.logs import setup_logging
@@ -191,4 +191,5 @@ class ServiceRuntime:
 def prepare_process(config: ServiceConfig, service: str) -> None:
     """Logging and tracing for a service process (call once, before start)."""
     setup_logging(config.logging, service)
+    log_env_notices(config)
     setup_tracing(config.tracing, service)

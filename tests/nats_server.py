@@ -41,6 +41,7 @@ def nats_server_binary() -> str:
 @dataclass
 class NatsServer:
     directory: Path
+    extra_args: tuple[str, ...] = ()
     port: int = field(default_factory=free_tcp_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -49,10 +50,12 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "nats.log").open("ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.directory / "store"), "-P", str(self.directory / "nats.pid")],
+             "-sd", str(self.directory / "store"), "-P", str(self.directory / "nats.pid"),
+             *self.extra_args],
             stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
