@@ -328,7 +328,6 @@ async def test_nats_outage_health_and_reconnect(mesh: NatsMesh) -> None:
 
 async def test_tls_and_password_to_the_nats_server(pki: Pki, mesh: NatsMesh) -> None:
     secure = NatsServer(mesh.db.parent / "nats-tls", _tls_args(pki))
-    secure.root.mkdir()
     secure.start()
     try:
         password_file = mesh.db.parent / "nats-password"
