@@ -185,7 +185,8 @@ def replace_dsn_part(dsn: str, part: DsnPart, value: str) -> str:
 
 @dataclass(frozen=True)
 class SetProcessorField:
-    """Set a field of every ``pipeline.processors`` entry of one type.
+    """Set a field of every entry of one type in a list of typed entries
+    (``pipeline.processors`` by default, or storage's ``sinks``).
 
     When no entry of that type is configured: ``missing="insert"`` adds one (before
     ``quality_validation``, which stays last), ``"error"`` refuses the start, ``"ignore"``
@@ -228,7 +229,8 @@ class SetProcessorField:
         return f"{'.'.join(self.key_path)}[type={self.processor_type}].{self.field_name}"
 
     def replacement(self, service: str) -> str:
-        return f"{self.field_name} of the {self.processor_type} entry of pipeline.processors"
+        where = ".".join(self.key_path)
+        return f"{self.field_name} of the {self.processor_type} entry of {where}"
 
 
 def _insert_position(processors: list[Any]) -> int:
@@ -262,7 +264,14 @@ class EnvAlias:
     target: Target
 
 
-LOKI_HINT = "a loki sink under the storage service's sinks (see README, environment aliases)"
+def loki_field(
+    field_name: str, convert: Converter = text, missing_if: Any = None
+) -> SetProcessorField:
+    """A field of the ``loki`` entry of storage's ``sinks``, added when there is none."""
+    return SetProcessorField(
+        "loki", field_name, convert, missing="insert", missing_if=missing_if, key_path=("sinks",)
+    )
+
 
 ALIASES: tuple[EnvAlias, ...] = (
     # The original mothership.
@@ -299,13 +308,15 @@ ALIASES: tuple[EnvAlias, ...] = (
     EnvAlias("TSDB_DATABASE", ("storage",), SetDsnPart(("postgres", "dsn"), "database")),
     EnvAlias("TSDB_USERNAME", ("storage",), SetDsnPart(("postgres", "dsn"), "user")),
     EnvAlias("TSDB_PASSWORD", ("storage",), SetDsnPart(("postgres", "dsn"), "password")),
-    EnvAlias("LOKI_ENABLED", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_URL", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_TENANT_ID", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_USERNAME", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_PASSWORD", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_BATCH_SIZE", ("storage",), Unmapped(LOKI_HINT)),
-    EnvAlias("LOKI_BATCH_TIMEOUT_SECONDS", ("storage",), Unmapped(LOKI_HINT)),
+    # The original mothership's Loki exporter: one loki entry in storage's sinks.
+    EnvAlias("LOKI_ENABLED", ("storage",), loki_field("enabled", boolean, missing_if=True)),
+    EnvAlias("LOKI_URL", ("storage",), loki_field("url")),
+    EnvAlias("LOKI_TENANT_ID", ("storage",), loki_field("tenant")),
+    EnvAlias("LOKI_USERNAME", ("storage",), loki_field("username")),
+    # The password stays in the environment: the sink reads the variable it names.
+    EnvAlias("LOKI_PASSWORD", ("storage",), loki_field("password_env", constant("LOKI_PASSWORD"))),
+    EnvAlias("LOKI_BATCH_SIZE", ("storage",), loki_field("batch_max_events", int)),
+    EnvAlias("LOKI_BATCH_TIMEOUT_SECONDS", ("storage",), loki_field("batch_wait_s", float)),
     # The original ETL service (NATS events.raw consumer, TimescaleDB writer, enrichment).
     # NATS_URL names where the ETL service consumed; it does not switch the input on.
     EnvAlias("NATS_URL", ("ingest",), SetKey(("nats", "servers"), url_list)),

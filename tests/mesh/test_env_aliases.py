@@ -231,11 +231,29 @@ def test_bad_alias_values_name_the_variable(environ: dict[str, str], message: st
         storage(environ)
 
 
-def test_loki_variables_are_recognised_but_unmapped_in_this_build() -> None:
-    config = storage({"LOKI_ENABLED": "true", "LOKI_URL": "http://loki:3100"})
-    assert config.model_dump() == storage({}).model_dump()
-    assert [n.split(" ", 1)[0] for n in config.env_notices] == ["LOKI_ENABLED", "LOKI_URL"]
-    assert all("cannot map" in n and "loki sink" in n for n in config.env_notices)
+def test_loki_variables_make_one_loki_sink_and_keep_the_password_in_the_environment() -> None:
+    config = storage(
+        {
+            "LOKI_ENABLED": "true",
+            "LOKI_URL": "http://loki:3100",
+            "LOKI_TENANT_ID": "acme",
+            "LOKI_USERNAME": "edgebot",
+            "LOKI_PASSWORD": "s3cret",
+            "LOKI_BATCH_SIZE": "250",
+            "LOKI_BATCH_TIMEOUT_SECONDS": "2.5",
+        }
+    )
+    (sink,) = config.sinks
+    assert sink.type == "loki"
+    assert (sink.url, sink.tenant, sink.username) == ("http://loki:3100", "acme", "edgebot")  # type: ignore[union-attr]
+    assert sink.password_env == "LOKI_PASSWORD"  # type: ignore[union-attr]
+    assert (sink.batch_max_events, sink.batch_wait_s) == (250, 2.5)
+    assert "s3cret" not in config.model_dump_json()
+    assert all("deprecated" in n or "instead" in n for n in config.env_notices)
+
+
+def test_loki_disabled_adds_no_sink() -> None:
+    assert storage({"LOKI_ENABLED": "false"}).sinks == []
 
 
 def _model_has_path(model: type[BaseModel], path: tuple[str, ...]) -> bool:
@@ -261,10 +279,19 @@ def test_every_alias_row_points_at_a_real_key(alias: Any) -> None:
         assert issubclass(model, ServiceConfig)
         assert _model_has_path(model, target.key_path), (service, target.key_path)
         if isinstance(target, SetProcessorField):
-            from pipeline_svc.processors.base import REGISTRY
+            assert target.field_name in _entry_fields(target), target
 
-            settings = REGISTRY[target.processor_type].settings_model
-            assert target.field_name in {*settings.model_fields, "enabled"}
+
+def _entry_fields(target: SetProcessorField) -> set[str]:
+    """The settings a typed list entry (a processor, or a storage sink) accepts."""
+    if target.key_path == ("sinks",):
+        from storage_svc.sinks_config import LokiSinkSection
+
+        assert target.processor_type == "loki"
+        return set(LokiSinkSection.model_fields)
+    from pipeline_svc.processors.base import REGISTRY
+
+    return {*REGISTRY[target.processor_type].settings_model.model_fields, "enabled"}
 
 
 def test_edgebot_config_check_shows_the_alias_and_its_notice(tmp_path: Path) -> None:
