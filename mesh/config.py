@@ -47,7 +47,30 @@ class ServerConfig(Section):
         0, ge=0, le=65535, description="Prometheus exposition port; null disables it."
     )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Max gRPC message.")
-    max_concurrent_streams: int = Field(256, ge=1, description="Per-connection stream limit.")
+    max_concurrent_streams: int = Field(
+        256,
+        ge=1,
+        description="Streams (calls) one connection may have open at once (HTTP/2 "
+        "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait for a free one.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections accepted at once on the gRPC port; further ones are closed "
+        "at accept. Keep it below the process's open-file limit (ulimit -n).",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not finished its TLS and HTTP/2 handshake by "
+        "then is closed (a client that connects and sends nothing holds no socket for long).",
+    )
+    max_connection_idle_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="Close a connection that has had no call open for this long (clients "
+        "reconnect on their next call); null keeps idle connections.",
+    )
     keepalive_time_s: float = Field(30.0, gt=0, description="Server keepalive ping interval.")
     keepalive_timeout_s: float = Field(10.0, gt=0, description="Keepalive ack timeout.")
     max_connection_age_s: float | None = Field(
