@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -21,6 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 GLOBAL_ENV_PREFIX = "EDGEBOT_"
 ENV_PATH_SEPARATOR = "__"
+# Keys whose values are never repeated in a configuration error.
+SECRET_KEY_WORDS = ("password", "secret", "token", "api_key", "apikey", "dsn", "credential")
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][\w+.-]*://)"
+    r"(?:(?P<user>[^:/@\s'\"]*):(?P<password>[^@/\s'\"]*)@)?"
+    r"(?P<rest>[^\s'\"?#]*)(?P<query>\?[^\s'\"#]*)?"
+)
 
 
 class ConfigError(Exception):
@@ -230,6 +238,32 @@ def _set_path(data: dict[str, Any], key_path: list[str], value: Any) -> None:
     node[key_path[-1]] = value
 
 
+def redact_secrets(text: str) -> str:
+    """``text`` with every URL's password and query string hidden (either may hold a key)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user = f"{match['user']}:***@" if match["password"] is not None else ""
+        query = "?***" if match["query"] else ""
+        return f"{match['scheme']}{user}{match['rest']}{query}"
+
+    return _URL.sub(hide, text)
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_KEY_WORDS) and not lowered.endswith(
+        ("_file", "_env")
+    )
+
+
+def _masked(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, key) for item in value]
+    return "***" if is_secret_key(key) and value else value
+
+
 def _describe(exc: ValidationError, path: Path | None) -> str:
     where = f" in {path}" if path else ""
     problems = []
@@ -238,7 +272,7 @@ def _describe(exc: ValidationError, path: Path | None) -> str:
         reason = error["msg"]
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
-        value = error.get("input")
+        value = _masked(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         shown = "" if error["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-        problems.append(f"{key}: {reason}{shown}")
+        problems.append(redact_secrets(f"{key}: {reason}{shown}"))
     return f"invalid configuration{where}: " + "; ".join(problems)
