@@ -36,7 +36,7 @@ LIMITS = {
     "ingest": {
         "max_streams": 200,
         "max_streams_per_caller": 1000,
-        "hello_timeout_s": 1.0,
+        "hello_timeout_s": 3.0,
         "stream_idle_timeout_s": 3.0,
     },
 }
