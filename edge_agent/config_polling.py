@@ -165,6 +165,14 @@ class NetflowConfig(Section):
     max_records_per_datagram: int = Field(
         10_000, ge=1, description="Flow records decoded from one datagram at most."
     )
+    max_attributes_per_flow: int = Field(
+        200,
+        ge=40,
+        le=10_000,
+        description="Attributes of one flow event at most: fields of unknown elements "
+        "beyond it are skipped and counted (ingest refuses events with more attributes "
+        "than its max_attributes, 256 by default).",
+    )
     flush_interval_s: float = Field(
         0.05, gt=0, le=5, description="Longest time a datagram waits before its spool commit."
     )
@@ -321,6 +329,19 @@ class HttpInputConfig(Section):
     )
     max_json_depth: int = Field(
         64, ge=1, le=512, description="Deeper JSON is refused (raw event, parse.error)."
+    )
+    max_field_bytes: int = Field(
+        8192,
+        ge=64,
+        description="Longest mapped attribute value, host or service (UTF-8 bytes); longer "
+        "ones are cut and named in attribute http.truncated. Keep it within ingest's "
+        "max_field_bytes.",
+    )
+    max_message_bytes: int = Field(
+        65536,
+        ge=64,
+        description="Longest message (UTF-8 bytes); a longer one is cut and named in "
+        "http.truncated. Keep it within ingest's max_message_bytes.",
     )
     max_events_per_poll: int = Field(
         1000, ge=1, description="Events from one response at most (the rest counted)."

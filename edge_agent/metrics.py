@@ -113,8 +113,8 @@ SNMP_COUNTER_RESETS = Counter(
 )
 NETFLOW_SKIPPED = Counter(
     "edgebot_netflow_skipped_total",
-    "NetFlow/IPFIX sets or records not turned into events, by reason (no_template, "
-    "options_data, record_limit, bad_template, reserved_set).",
+    "NetFlow/IPFIX sets, records or fields not turned into events, by reason (no_template, "
+    "options_data, record_limit, bad_template, reserved_set, fields_over_limit).",
     ["reason"],
 )
 NETFLOW_TEMPLATES = Gauge(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractContextManager
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -15,7 +17,6 @@ from opentelemetry import trace
 from gen.edgebot.v1 import (
     event_pb2,
     ingest_pb2,
-    ingest_pb2_grpc,
     pipeline_pb2,
     pipeline_pb2_grpc,
     storage_pb2,
@@ -23,9 +24,10 @@ from gen.edgebot.v1 import (
 )
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
+from ingest_svc.decoding import Incoming, Problem, decode_push_request, decode_stream_request
 from ingest_svc.forwarder import Delivery, Forwarder
 from ingest_svc.nats_input import NatsInput
-from ingest_svc.validation import CheckedBatch, batch_problem, check_events
+from ingest_svc.validation import CheckedBatch, batch_problem, check_events, hello_problem
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
 from mesh.channel import open_channel
 from mesh.config import ClientConfig
@@ -50,6 +52,7 @@ POLICY = AccessPolicy(
 _STATUS_NAMES = {
     value: name.removeprefix("ACK_STATUS_").lower() for name, value in ingest_pb2.AckStatus.items()
 }
+StreamRequests = AsyncIterator[Incoming[ingest_pb2.StreamRequest]]
 
 
 def may_send_as(principal: Principal, agent_id: str) -> bool:
@@ -60,12 +63,15 @@ def may_send_as(principal: Principal, agent_id: str) -> bool:
     return principal.kind in (Kind.OPERATOR, Kind.INSECURE)
 
 
-class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
+class IngestServicer:
+    """The servicer; ``add_to_server`` registers it with ingest's own request decoding."""
+
     def __init__(self, limits: IngestSection, forwarder: Forwarder | None) -> None:
         self.limits = limits
         self.forwarder = forwarder
         self.capacity = asyncio.Semaphore(limits.max_inflight_batches)
         self.streams = 0
+        self.streams_by_caller: collections.Counter[str] = collections.Counter()
         self.sessions: set[_StreamSession] = set()
 
     async def drain(self) -> None:
@@ -76,15 +82,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return self.capacity.locked()
 
     async def Stream(
-        self,
-        request_iterator: AsyncIterator[ingest_pb2.StreamRequest],
-        context: Context,
+        self, request_iterator: StreamRequests, context: Context
     ) -> AsyncIterator[ingest_pb2.StreamResponse]:
-        await self._admit_stream(context)
+        caller = str(current_principal())
+        await self._admit_stream(context, caller)
         self.streams += 1
+        self.streams_by_caller[caller] += 1
         metrics.ACTIVE_CONNECTIONS.inc()
         try:
-            hello = await self._read_hello(request_iterator, context)
+            hello = await self._read_hello_in_time(request_iterator, context)
             log.info(
                 "stream opened",
                 extra={"agent_id": hello.agent_id, "agent_version": hello.agent_version},
@@ -95,9 +101,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 yield response
         finally:
             self.streams -= 1
+            self.streams_by_caller[caller] -= 1
+            if not self.streams_by_caller[caller]:
+                del self.streams_by_caller[caller]
             metrics.ACTIVE_CONNECTIONS.dec()
 
-    async def _admit_stream(self, context: Context) -> None:
+    async def _admit_stream(self, context: Context, caller: str) -> None:
         if self.streams >= self.limits.max_streams:
             metrics.REFUSED.labels("max_streams").inc()
             await abort_with_retry(
@@ -106,6 +115,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"ingest has {self.streams} open streams (limit {self.limits.max_streams})",
                 self.limits.retry_delay_s,
                 "MAX_STREAMS",
+            )
+        limit = self.limits.max_streams_per_caller
+        if self.streams_by_caller[caller] >= limit:
+            metrics.REFUSED.labels("max_streams_per_caller").inc()
+            log.warning("refused a stream: %s already has %d open streams", caller, limit)
+            await abort_with_retry(
+                context,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{caller} has {limit} open streams (limit {limit} per caller)",
+                self.limits.retry_delay_s,
+                "MAX_STREAMS_PER_CALLER",
             )
         await self._refuse_if_saturated(context)
 
@@ -120,17 +140,35 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "SATURATED",
             )
 
-    async def _read_hello(
-        self,
-        request_iterator: AsyncIterator[ingest_pb2.StreamRequest],
-        context: Context,
+    async def _read_hello_in_time(
+        self, request_iterator: StreamRequests, context: Context
     ) -> ingest_pb2.Hello:
-        first = await anext(request_iterator, None)
-        if first is None or first.WhichOneof("kind") != "hello":
+        timeout = self.limits.hello_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                first = await anext(request_iterator, None)
+        except TimeoutError:
+            metrics.REFUSED.labels("hello_timeout").inc()
+            await abort_with_retry(
+                context,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no hello within {timeout:g} s of opening the stream",
+                self.limits.retry_delay_s,
+                "HELLO_TIMEOUT",
+            )
+        return await self._check_hello(first, context)
+
+    async def _check_hello(
+        self, first: Incoming[ingest_pb2.StreamRequest] | None, context: Context
+    ) -> ingest_pb2.Hello:
+        if first is not None and first.problem is not None:
+            await abort_invalid(context, *first.problem)
+        if first is None or first.request.WhichOneof("kind") != "hello":
             await abort_invalid(context, "hello", "the first message of a stream must be a hello")
-        hello = first.hello
-        if not hello.agent_id:
-            await abort_invalid(context, "hello.agent_id", "required")
+        hello = first.request.hello
+        problem = hello_problem(hello, self.limits)
+        if problem is not None:
+            await abort_invalid(context, *problem)
         principal = current_principal()
         if not may_send_as(principal, hello.agent_id):
             await abort_denied(
@@ -148,8 +186,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             server_version=VERSION,
         )
 
-    async def handle_batch(self, batch: event_pb2.EventBatch, transport: str = "grpc") -> Delivery:
-        """Validate, forward and account one batch; never raises for downstream trouble."""
+    async def handle_batch(
+        self,
+        batch: event_pb2.EventBatch,
+        undecodable: Mapping[int, Problem] | None = None,
+        transport: str = "grpc",
+    ) -> Delivery:
+        """Validate, forward and account one batch; never raises for downstream trouble.
+
+        ``undecodable`` names the events (by index) that could not be parsed at all;
+        ``transport`` (grpc, nats) labels the ingestion metrics."""
         started = time.perf_counter()
         metrics.EVENTS.labels(transport).inc(len(batch.events))
         with batch_span(batch) as span:
@@ -164,7 +210,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 async with self.capacity:
                     metrics.INFLIGHT_BATCHES.inc()
                     try:
-                        delivery = await self._deliver(batch, check_events(batch, self.limits))
+                        checked = check_events(batch, self.limits, undecodable)
+                        delivery = await self._deliver(batch, checked)
                     finally:
                         metrics.INFLIGHT_BATCHES.dec()
             record_delivery(span, delivery)
@@ -192,9 +239,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
 
     async def Push(
-        self, request: ingest_pb2.PushRequest, context: Context
+        self, incoming: Incoming[ingest_pb2.PushRequest], context: Context
     ) -> ingest_pb2.PushResponse:
-        batch = request.batch
+        if incoming.problem is not None:
+            await abort_invalid(context, *incoming.problem)
+        batch = incoming.request.batch
         principal = current_principal()
         if not may_send_as(principal, batch.agent_id):
             await abort_denied(
@@ -203,11 +252,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 "AGENT_ID_MISMATCH",
             )
         await self._refuse_if_saturated(context)
-        delivery = await self.handle_batch(batch)
+        delivery = await self.handle_batch(batch, incoming.undecodable)
         if delivery.status == ingest_pb2.ACK_STATUS_REJECTED:
             field_name, _, reason = delivery.message.partition(": ")
             await abort_invalid(context, field_name or "batch", reason or delivery.message)
         return _push_response(batch.batch_id, delivery)
+
+
+def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """Register IngestService with decoders that keep the readable part of a bad request."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=decode_stream_request,
+            response_serializer=ingest_pb2.StreamResponse.SerializeToString,
+        ),
+        "Push": grpc.unary_unary_rpc_method_handler(
+            servicer.Push,
+            request_deserializer=decode_push_request,
+            response_serializer=ingest_pb2.PushResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def batch_span(batch: event_pb2.EventBatch) -> AbstractContextManager[trace.Span]:
@@ -238,6 +304,10 @@ class _Draining(Exception):
     """Queued after the last ack when the server drains: the stream ends with UNAVAILABLE."""
 
 
+class _Idle(Exception):
+    """Queued when the stream sent nothing for the idle timeout with nothing in flight."""
+
+
 class _StreamSession:
     """One agent stream: reads batches while the window allows, acks as each completes."""
 
@@ -250,9 +320,7 @@ class _StreamSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.reader: asyncio.Task[None] | None = None
 
-    async def run(
-        self, requests: AsyncIterator[ingest_pb2.StreamRequest]
-    ) -> AsyncIterator[ingest_pb2.StreamResponse]:
+    async def run(self, requests: StreamRequests) -> AsyncIterator[ingest_pb2.StreamResponse]:
         reader = asyncio.create_task(self._read(requests), name=f"ingest-read-{self.agent_id}")
         self.reader = reader
         self.servicer.sessions.add(self)
@@ -269,6 +337,8 @@ class _StreamSession:
                         self.servicer.limits.retry_delay_s,
                         "DRAINING",
                     )
+                if isinstance(item, _Idle):
+                    await self._end_idle()
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -288,17 +358,49 @@ class _StreamSession:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
         await self.acks.put(_Draining())
 
-    async def _read(self, requests: AsyncIterator[ingest_pb2.StreamRequest]) -> None:
+    async def _end_idle(self) -> None:
+        idle_s = self.servicer.limits.stream_idle_timeout_s
+        metrics.REFUSED.labels("stream_idle").inc()
+        log.info("ending the idle stream of agent %s", self.agent_id)
+        await abort_with_retry(
+            self.context,
+            grpc.StatusCode.UNAVAILABLE,
+            f"stream idle for {idle_s:g} s; reconnect when there are batches to send",
+            self.servicer.limits.retry_delay_s,
+            "STREAM_IDLE",
+        )
+
+    async def _next(self, requests: StreamRequests) -> Incoming[ingest_pb2.StreamRequest] | None:
+        """The next request; raises _Idle after the idle timeout with nothing in flight."""
+        idle_s = self.servicer.limits.stream_idle_timeout_s
+        if idle_s is None:
+            return await anext(requests, None)
+        # One read survives the timeouts that pass while batches are in flight: cancelling
+        # it would end the request iterator.
+        reading = asyncio.ensure_future(anext(requests, None))
         try:
-            async for request in requests:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=idle_s)
+                if done:
+                    return reading.result()
+                if not self.tasks:
+                    raise _Idle()
+        finally:
+            reading.cancel()
+
+    async def _read(self, requests: StreamRequests) -> None:
+        try:
+            while (incoming := await self._next(requests)) is not None:
                 # Not reading while the window is full is what pushes back on the agent.
                 await self.window.acquire()
-                problem = self._problem(request)
+                problem = self._problem(incoming)
                 if problem is not None:
                     self.window.release()
                     await problem
                     return
-                task = asyncio.create_task(self._handle(request.batch))
+                task = asyncio.create_task(
+                    self._handle(incoming.request.batch, incoming.undecodable)
+                )
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             while self.tasks:
@@ -309,7 +411,10 @@ class _StreamSession:
         except BaseException as error:
             await self.acks.put(error)
 
-    def _problem(self, request: ingest_pb2.StreamRequest) -> asyncio.Future[None] | None:
+    def _problem(self, incoming: Incoming[ingest_pb2.StreamRequest]) -> asyncio.Future[None] | None:
+        if incoming.problem is not None:
+            return asyncio.ensure_future(abort_invalid(self.context, *incoming.problem))
+        request = incoming.request
         if request.WhichOneof("kind") != "batch":
             return asyncio.ensure_future(
                 abort_invalid(self.context, "batch", "expected a batch after the hello")
@@ -325,9 +430,9 @@ class _StreamSession:
             )
         return None
 
-    async def _handle(self, batch: event_pb2.EventBatch) -> None:
+    async def _handle(self, batch: event_pb2.EventBatch, undecodable: dict[int, Problem]) -> None:
         try:
-            delivery = await self.servicer.handle_batch(batch)
+            delivery = await self.servicer.handle_batch(batch, undecodable)
             await self.acks.put(ingest_pb2.StreamResponse(ack=_ack(batch, delivery)))
         finally:
             self.window.release()
@@ -371,9 +476,7 @@ class IngestApp:
             config=config,
             policy=POLICY,
             service_names=[SERVICE_NAME],
-            register=lambda server: ingest_pb2_grpc.add_IngestServiceServicer_to_server(
-                self.servicer, server
-            ),
+            register=lambda server: add_to_server(self.servicer, server),
         )
         self.channels: list[grpc.aio.Channel] = []
         self.monitor: DependencyMonitor | None = None
@@ -409,7 +512,7 @@ class IngestApp:
             self.nats = NatsInput(
                 config.nats,
                 config.ingest,
-                lambda batch: self.servicer.handle_batch(batch, "nats"),
+                lambda batch: self.servicer.handle_batch(batch, transport="nats"),
                 forwarder.keep_dead_letters,
                 self._nats_changed,
             )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gen.edgebot.v1 import event_pb2
+from gen.edgebot.v1 import event_pb2, ingest_pb2
 from ingest_svc.config import IngestSection
 
 MAX_ID_LENGTH = 64
@@ -32,13 +33,24 @@ def batch_problem(batch: event_pb2.EventBatch, size: int, limits: IngestSection)
         )
     if size > limits.max_batch_bytes:
         return f"batch: {size} bytes exceed the limit of {limits.max_batch_bytes}"
+    problem = _map_problem("batch.trace_context", batch.trace_context, limits)
+    if problem is not None:
+        return f"{problem[0]}: {problem[1]}"
     return None
 
 
-def check_events(batch: event_pb2.EventBatch, limits: IngestSection) -> CheckedBatch:
+def check_events(
+    batch: event_pb2.EventBatch,
+    limits: IngestSection,
+    undecodable: Mapping[int, tuple[str, str]] | None = None,
+) -> CheckedBatch:
+    """Split the batch into valid events and errors; ``undecodable`` names events (by
+    index) that could not be parsed at all and stand in the batch as placeholders."""
     checked = CheckedBatch()
     for index, event in enumerate(batch.events):
-        problem = event_problem(event, limits)
+        problem = undecodable.get(index) if undecodable else None
+        if problem is None:
+            problem = event_problem(event, limits)
         if problem is None:
             checked.valid.append(event)
             continue
@@ -74,11 +86,24 @@ def event_problem(event: event_pb2.Event, limits: IngestSection) -> tuple[str, s
         problem = _map_problem(map_name, getattr(event, map_name), limits)
         if problem is not None:
             return problem
+    if len(event.raw) > limits.max_raw_bytes:
+        return "raw", f"{len(event.raw)} bytes exceed the limit of {limits.max_raw_bytes}"
+    return None
+
+
+def hello_problem(hello: ingest_pb2.Hello, limits: IngestSection) -> tuple[str, str] | None:
+    if not hello.agent_id:
+        return "hello.agent_id", "required"
+    if len(hello.agent_id) > MAX_ID_LENGTH:
+        return "hello.agent_id", f"longer than {MAX_ID_LENGTH} characters"
+    for name in ("agent_version", "hostname"):
+        if _utf8_len(getattr(hello, name)) > limits.max_field_bytes:
+            return f"hello.{name}", f"longer than {limits.max_field_bytes} bytes"
     return None
 
 
 def _map_problem(
-    name: str, values: dict[str, str], limits: IngestSection
+    name: str, values: Mapping[str, str], limits: IngestSection
 ) -> tuple[str, str] | None:
     if len(values) > limits.max_attributes:
         return name, f"{len(values)} entries exceed the limit of {limits.max_attributes}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -30,6 +31,13 @@ from mesh.env_aliases import AliasError, AppliedAliases, apply_aliases
 log = logging.getLogger(__name__)
 GLOBAL_ENV_PREFIX = "EDGEBOT_"
 ENV_PATH_SEPARATOR = "__"
+# Keys whose values are never repeated in a configuration error.
+SECRET_KEY_WORDS = ("password", "secret", "token", "api_key", "apikey", "dsn", "credential")
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][\w+.-]*://)"
+    r"(?:(?P<user>[^:/@\s'\"]*):(?P<password>[^@/\s'\"]*)@)?"
+    r"(?P<rest>[^\s'\"?#]*)(?P<query>\?[^\s'\"#]*)?"
+)
 
 
 class ConfigError(Exception):
@@ -56,7 +64,30 @@ class ServerConfig(Section):
         0, ge=0, le=65535, description="Prometheus exposition port; null disables it."
     )
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Max gRPC message.")
-    max_concurrent_streams: int = Field(256, ge=1, description="Per-connection stream limit.")
+    max_concurrent_streams: int = Field(
+        256,
+        ge=1,
+        description="Streams (calls) one connection may have open at once (HTTP/2 "
+        "SETTINGS_MAX_CONCURRENT_STREAMS); a client's further calls wait for a free one.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections accepted at once on the gRPC port; further ones are closed "
+        "at accept. Keep it below the process's open-file limit (ulimit -n).",
+    )
+    handshake_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection that has not finished its TLS and HTTP/2 handshake by "
+        "then is closed (a client that connects and sends nothing holds no socket for long).",
+    )
+    max_connection_idle_s: float | None = Field(
+        600.0,
+        gt=0,
+        description="Close a connection that has had no call open for this long (clients "
+        "reconnect on their next call); null keeps idle connections.",
+    )
     keepalive_time_s: float = Field(30.0, gt=0, description="Server keepalive ping interval.")
     keepalive_timeout_s: float = Field(10.0, gt=0, description="Keepalive ack timeout.")
     max_connection_age_s: float | None = Field(
@@ -256,6 +287,32 @@ def _set_path(data: dict[str, Any], key_path: list[str], value: Any) -> None:
     node[key_path[-1]] = value
 
 
+def redact_secrets(text: str) -> str:
+    """``text`` with every URL's password and query string hidden (either may hold a key)."""
+
+    def hide(match: re.Match[str]) -> str:
+        user = f"{match['user']}:***@" if match["password"] is not None else ""
+        query = "?***" if match["query"] else ""
+        return f"{match['scheme']}{user}{match['rest']}{query}"
+
+    return _URL.sub(hide, text)
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in SECRET_KEY_WORDS) and not lowered.endswith(
+        ("_file", "_env")
+    )
+
+
+def _masked(value: Any, key: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, key) for item in value]
+    return "***" if is_secret_key(key) and value else value
+
+
 def _describe(
     exc: ValidationError, path: Path | None, aliases: AppliedAliases | None = None
 ) -> str:
@@ -269,9 +326,9 @@ def _describe(
         reason = error["msg"]
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
-        value = error.get("input")
+        value = _masked(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         shown = "" if error["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
-        problems.append(f"{key}: {reason}{shown}")
+        problems.append(redact_secrets(f"{key}: {reason}{shown}"))
     return f"invalid configuration{where}: " + "; ".join(problems)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import NoReturn
 
 import grpc
@@ -9,8 +10,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from mesh.identity import current_principal
 from mesh.types import Context
 
+access_log = logging.getLogger("edgebot.access")
 DETAILS_KEY = "grpc-status-details-bin"
 ERROR_DOMAIN = "edgebot.dev"
 
@@ -58,6 +61,12 @@ async def abort_with_retry(
 
 
 async def abort_denied(context: Context, message: str, reason: str) -> NoReturn:
+    """PERMISSION_DENIED with an ErrorInfo detail, logged with the caller's identity."""
+    access_log.warning(
+        "denied: %s",
+        message,
+        extra={"principal": str(current_principal()), "peer": context.peer(), "reason": reason},
+    )
     info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
     status = _status(grpc.StatusCode.PERMISSION_DENIED, message, info)
     await context.abort(grpc.StatusCode.PERMISSION_DENIED, message, _trailer(status))

@@ -1,4 +1,5 @@
-"""One server interceptor: identity and access policy, access log, metrics, tracing."""
+"""One server interceptor: identity and access policy, access log, metrics, tracing, and
+requests that are not the method's message type (INVALID_ARGUMENT, not UNKNOWN)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
 from opentelemetry import trace
 
 from mesh import metrics, tracing
+from mesh.errors import abort_invalid
 from mesh.identity import (
     AccessPolicy,
     OperatorTokens,
@@ -100,19 +103,74 @@ def _code_of(context: Context, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if not isinstance(error, Exception) else grpc.StatusCode.INTERNAL
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """Request bytes that the method's message type could not parse."""
+
+    message_type: str
+    reason: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that hands bad bytes on as ``Undecodable`` instead of raising.
+
+    gRPC answers a deserializer's exception with UNKNOWN and a Python error text; the
+    wrapped handler refuses the request as INVALID_ARGUMENT instead, after the caller was
+    admitted, so nobody learns more than that their bytes were not the right message.
+    """
+    if deserializer is None:
+        return None
+    message_class = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", "request message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return Undecodable(message_type, str(error) or type(error).__name__)
+
+    return deserialize
+
+
+async def _refuse_if_undecodable(request: Any, context: Context) -> None:
+    if isinstance(request, Undecodable):
+        await abort_invalid(
+            context, "request", f"not a valid {request.message_type}: {request.reason}"
+        )
+
+
+async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    async for request in requests:
+        await _refuse_if_undecodable(request, context)
+        yield request
+
+
 def _wrap_handler(handler: Handler, call: _Call) -> Handler:
     common = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": _tolerant(handler.request_deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, call), **common)
+        wrapped = _unary(handler.unary_unary, call, streaming=False)
+        return grpc.unary_unary_rpc_method_handler(wrapped, **common)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(_stream(handler.unary_stream, call), **common)
+        wrapped = _stream(handler.unary_stream, call, streaming=False)
+        return grpc.unary_stream_rpc_method_handler(wrapped, **common)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(_unary(handler.stream_unary, call), **common)
+        wrapped = _unary(handler.stream_unary, call, streaming=True)
+        return grpc.stream_unary_rpc_method_handler(wrapped, **common)
     assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(_stream(handler.stream_stream, call), **common)
+    wrapped = _stream(handler.stream_stream, call, streaming=True)
+    return grpc.stream_stream_rpc_method_handler(wrapped, **common)
+
+
+async def _requests(request: Any, context: Context, streaming: bool) -> Any:
+    """The request (refused if undecodable) or, for client streams, a checking iterator."""
+    if streaming:
+        return _checked(request, context)
+    await _refuse_if_undecodable(request, context)
+    return request
 
 
 def _span(call: _Call, context: Context) -> trace.Span:
@@ -125,7 +183,7 @@ def _span(call: _Call, context: Context) -> trace.Span:
     )
 
 
-def _unary(behavior: Behavior, call: _Call) -> Behavior:
+def _unary(behavior: Behavior, call: _Call, streaming: bool) -> Behavior:
     async def wrapped(request: Any, context: Context) -> Any:
         start = time.perf_counter()
         principal = await call.admit(context)
@@ -134,7 +192,7 @@ def _unary(behavior: Behavior, call: _Call) -> Behavior:
         error: BaseException | None = None
         try:
             with trace.use_span(span, end_on_exit=True):
-                return await behavior(request, context)
+                return await behavior(await _requests(request, context, streaming), context)
         except BaseException as exc:
             error = exc
             raise
@@ -145,7 +203,7 @@ def _unary(behavior: Behavior, call: _Call) -> Behavior:
     return wrapped
 
 
-def _stream(behavior: Behavior, call: _Call) -> Behavior:
+def _stream(behavior: Behavior, call: _Call, streaming: bool) -> Behavior:
     async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
         start = time.perf_counter()
         principal = await call.admit(context)
@@ -153,12 +211,13 @@ def _stream(behavior: Behavior, call: _Call) -> Behavior:
         span = _span(call, context)
         error: BaseException | None = None
         try:
+            requests = await _requests(request, context, streaming)
             if inspect.isasyncgenfunction(behavior):
-                async for response in _steps_in_span(behavior(request, context), span):
+                async for response in _steps_in_span(behavior(requests, context), span):
                     yield response
             else:
                 with trace.use_span(span):
-                    await behavior(request, context)
+                    await behavior(requests, context)
         except BaseException as exc:
             error = exc
             raise

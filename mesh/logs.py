@@ -1,4 +1,8 @@
-"""Structured JSON logs, or readable console lines on a TTY."""
+"""Structured JSON logs, or readable console lines on a TTY.
+
+Every line, whoever logged it (httpx logs each request's full URL), has its URLs' passwords
+and query strings hidden: either may carry a credential.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import logging
 import sys
 from typing import Any
 
-from mesh.config import LoggingConfig
+from mesh.config import LoggingConfig, redact_secrets
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -33,7 +37,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact_secrets(json.dumps(entry, default=str))
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -47,7 +51,7 @@ class ConsoleFormatter(logging.Formatter):
         }
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
-        return line
+        return redact_secrets(line)
 
 
 def setup_logging(config: LoggingConfig, service: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Registrar = Callable[[grpc.aio.Server], None]
+# Descriptors a service needs beside its client connections: databases, logs, channels.
+RESERVED_FDS = 128
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ServiceRuntime:
 
     async def start(self) -> BoundPorts:
         server_cfg = self.config.server
+        _ensure_fd_limit(server_cfg.max_connections)
         self._server = grpc.aio.server(
             interceptors=[
                 ServerInterceptor(
@@ -128,18 +132,30 @@ class ServiceRuntime:
             ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.so_reuseport", 0),
+            *self._connection_options(),
         ]
         if cfg.max_connection_age_s:
             options.append(("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)))
             options.append(("grpc.max_connection_age_grace_ms", 30_000))
         return options
 
+    def _connection_options(self) -> list[tuple[str, int]]:
+        """Bounds on connections, shared by the gRPC port and the plaintext probe port."""
+        cfg = self.config.server
+        options = [
+            ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_s * 1000)),
+            ("grpc.so_reuseport", 0),
+        ]
+        if cfg.max_connection_idle_s:
+            options.append(("grpc.max_connection_idle_ms", int(cfg.max_connection_idle_s * 1000)))
+        return options
+
     async def _start_health_port(self) -> None:
         port = self.config.server.health_port
         if port is None:
             return
-        self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._health_server = grpc.aio.server(options=self._connection_options())
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
         self.ports.health = self._health_server.add_insecure_port(
             f"{self.config.server.host}:{port}"
@@ -186,6 +202,27 @@ class ServiceRuntime:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def _ensure_fd_limit(max_connections: int) -> None:
+    """Raise the soft open-file limit to the hard one when connections could exhaust it."""
+    needed = max_connections + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = hard if hard == resource.RLIM_INFINITY else min(hard, max(needed, soft))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "server.max_connections %d plus %d reserved exceeds the open-file limit %d "
+            "(ulimit -n): connections may fail with 'too many open files' first",
+            max_connections,
+            RESERVED_FDS,
+            soft,
+        )
 
 
 def prepare_process(config: ServiceConfig, service: str) -> None:

@@ -1,4 +1,5 @@
-"""Pipeline, storage and ingest servers in the test's own process, wired together."""
+"""Pipeline, storage and ingest servers in the test's own process, wired together, and an
+agent's side of IngestService for tests to drive."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from support import Pki, make_config
+import grpc
+from support import Pki, make_config, secure_channel
 
+from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
 from ingest_svc import IngestServiceConfig
 from ingest_svc import build as build_ingest
 from mesh.app import App, running
+from mesh.ids import uuid7
+from mesh.timeutil import now_ns, ns_to_ts
 from pipeline_svc import PipelineServiceConfig
 from pipeline_svc import build as build_pipeline
 from storage_svc import StorageServiceConfig
@@ -42,7 +47,11 @@ def storage_app(pki: Pki, tmp_path: Path, port: int = 0) -> App:
 
 @asynccontextmanager
 async def mothership(
-    pki: Pki, tmp_path: Path, ingest: dict[str, Any] | None = None
+    pki: Pki,
+    tmp_path: Path,
+    ingest: dict[str, Any] | None = None,
+    ingest_server: dict[str, Any] | None = None,
+    ingest_tls: dict[str, Any] | None = None,
 ) -> AsyncIterator[Mothership]:
     async with AsyncExitStack() as stack:
         pipeline = await stack.enter_async_context(
@@ -54,8 +63,48 @@ async def mothership(
             pki,
             "ingest",
             ingest=ingest or {},
+            server=ingest_server or {},
+            **({"tls": ingest_tls} if ingest_tls else {}),
             pipeline={"addresses": [f"127.0.0.1:{pipeline.runtime.ports.grpc}"], "timeout_s": 2},
             storage={"addresses": [f"127.0.0.1:{storage.runtime.ports.grpc}"], "timeout_s": 2},
         )
         ingest_app = await stack.enter_async_context(running(build_ingest(config)))
         yield Mothership(ingest_app, pipeline, storage)
+
+
+def make_event(message: str, **fields: Any) -> event_pb2.Event:
+    event = event_pb2.Event(
+        id=uuid7(), type="syslog", host="router-1", service="dnsmasq", message=message, **fields
+    )
+    ns_to_ts(now_ns(), event.time)
+    return event
+
+
+def make_batch(agent_id: str, events: list[event_pb2.Event], seq: int = 1) -> event_pb2.EventBatch:
+    return event_pb2.EventBatch(batch_id=uuid7(), agent_id=agent_id, seq=seq, events=events)
+
+
+class AgentStream:
+    """An agent's side of IngestService.Stream, driven step by step by a test."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.call = ingest_pb2_grpc.IngestServiceStub(channel).Stream()
+
+    async def hello(self, agent_id: str) -> ingest_pb2.Limits:
+        await self.call.write(ingest_pb2.StreamRequest(hello=ingest_pb2.Hello(agent_id=agent_id)))
+        response = await self.call.read()
+        assert response.WhichOneof("kind") == "limits"
+        return response.limits
+
+    async def send(self, batch: event_pb2.EventBatch) -> ingest_pb2.BatchAck:
+        await self.call.write(ingest_pb2.StreamRequest(batch=batch))
+        response = await self.call.read()
+        assert response.WhichOneof("kind") == "ack", response
+        return response.ack
+
+
+async def stored_ids(storage: App, pki: Pki) -> list[str]:
+    async with secure_channel(storage.runtime.ports.grpc, pki.operator()) as channel:
+        stub = storage_pb2_grpc.StorageServiceStub(channel)
+        response = await stub.QueryEvents(storage_pb2.QueryEventsRequest(page_size=1000))
+    return [event.id for event in response.events]

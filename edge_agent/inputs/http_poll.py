@@ -21,7 +21,7 @@ from edge_agent import metrics
 from edge_agent.config_polling import HttpInputConfig
 from edge_agent.inputs.base import Input, hand_to_spool
 from edge_agent.inputs.polling import every
-from edge_agent.parsers.http_json import Response, map_response
+from edge_agent.parsers.http_json import MappingLimits, Response, map_response
 from edge_agent.spool import Spool
 from mesh.timeutil import now_ns
 
@@ -44,6 +44,12 @@ class HttpPollInput(Input):
         # The query string may carry an API key: it is neither logged nor stored.
         self.safe_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         self.url_host = parts.hostname or ""
+        self._limits = MappingLimits(
+            config.max_json_depth,
+            config.max_events_per_poll,
+            config.max_field_bytes,
+            config.max_message_bytes,
+        )
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -138,12 +144,7 @@ class HttpPollInput(Input):
         response = Response(
             body, status, self.safe_url, self.source, self.url_host, self.config.name, now_ns()
         )
-        mapped = map_response(
-            response,
-            self.config.mapping,
-            self.config.max_json_depth,
-            self.config.max_events_per_poll,
-        )
+        mapped = map_response(response, self.config.mapping, self._limits)
         if mapped.error is not None:
             self._failed(mapped.failure, mapped.error)
         else:

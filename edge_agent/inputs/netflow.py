@@ -124,6 +124,7 @@ class NetflowInput(Input):
             self.templates,
             datagram.received_ns,
             self.config.max_records_per_datagram,
+            self.config.max_attributes_per_flow,
         )
         for reason, count in decoded.skipped.items():
             metrics.NETFLOW_SKIPPED.labels(reason).inc(count)

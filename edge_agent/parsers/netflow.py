@@ -5,7 +5,8 @@ v9 and IPFIX data sets are described by templates that the exporter sends now an
 template id). A data set whose template has not arrived yet is held for a while and
 decoded once it does; what cannot be decoded is counted by reason in ``Decoded.skipped``.
 A datagram that is malformed from some point on keeps what was decoded before it and
-names the problem in ``Decoded.error``.
+names the problem in ``Decoded.error``. A record with more fields of unknown elements than
+a flow event may carry attributes keeps the first ones; the rest are counted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ VARIABLE_LENGTH = 65535
 # 1900-01-01 to 1970-01-01, for IPFIX dateTimeMicroseconds/Nanoseconds (NTP format).
 NTP_EPOCH_OFFSET_S = 2_208_988_800
 TRANSPORTS = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 50: "esp", 58: "ipv6-icmp", 132: "sctp"}
+DEFAULT_MAX_ATTRIBUTES = 200
+# Attributes flow_event adds to a record's own (version, exporter, source id, transport,
+# start, end, fields_skipped).
+EVENT_ATTRIBUTES = 7
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,7 @@ class Decoded:
     records: list[FlowRecord] = field(default_factory=list)
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
     error: str | None = None
+    max_record_attributes: int = DEFAULT_MAX_ATTRIBUTES - EVENT_ATTRIBUTES
 
 
 TemplateKey = tuple[str, int, int]
@@ -144,10 +150,15 @@ class TemplateCache:
 
 
 def decode_datagram(
-    data: bytes, exporter: str, cache: TemplateCache, now_ns: int, max_records: int
+    data: bytes,
+    exporter: str,
+    cache: TemplateCache,
+    now_ns: int,
+    max_records: int,
+    max_attributes: int = DEFAULT_MAX_ATTRIBUTES,
 ) -> Decoded:
     """Every flow record in one datagram (plus held ones its templates unlock)."""
-    result = Decoded()
+    result = Decoded(max_record_attributes=max_attributes - EVENT_ATTRIBUTES)
     cache.expire_held(now_ns, result.skipped)
     if len(data) < 2:
         result.error = "datagram shorter than a version number"
@@ -364,7 +375,8 @@ def _decode_data(
         if len(out.records) >= limit:
             out.skipped["record_limit"] += 1
             continue
-        out.records.append(_flow_record(values, header, cache.system_init_ms.get(exporter)))
+        flow = _flow_record(values, header, cache.system_init_ms.get(exporter), out)
+        out.records.append(flow)
 
 
 def _remember_system_init(
@@ -456,13 +468,17 @@ NTP_START, NTP_END = {154, 156}, {155, 157}
 
 
 def _flow_record(
-    values: list[tuple[FieldSpec, bytes]], header: Header, system_init_ms: int | None
+    values: list[tuple[FieldSpec, bytes]],
+    header: Header,
+    system_init_ms: int | None,
+    out: Decoded,
 ) -> FlowRecord:
     attributes: dict[str, str] = {}
     times: dict[int, int] = {}
+    unknown: list[tuple[str, str]] = []
     for spec, raw in values:
         if spec.enterprise:
-            attributes[f"netflow.field.{spec.enterprise}.{spec.id}"] = raw.hex()
+            unknown.append((f"netflow.field.{spec.enterprise}.{spec.id}", raw.hex()))
         elif spec.id in ELEMENTS:
             key, formatter = ELEMENTS[spec.id]
             attributes.setdefault(key, formatter(raw))
@@ -470,13 +486,25 @@ def _flow_record(
             number = int.from_bytes(raw, "big")
             times[spec.id] = number
             if not _is_time(spec.id):
-                attributes[f"netflow.field.{spec.id}"] = str(number)
+                unknown.append((f"netflow.field.{spec.id}", str(number)))
         else:
-            attributes[f"netflow.field.{spec.id}"] = raw.hex()
+            unknown.append((f"netflow.field.{spec.id}", raw.hex()))
+    _add_unknown(attributes, unknown, out)
     if system_init_ms is not None:
         times.setdefault(SYSTEM_INIT_MS, system_init_ms)
     start_ns, end_ns = _times(times, header)
     return FlowRecord(header, attributes, start_ns, end_ns)
+
+
+def _add_unknown(attributes: dict[str, str], unknown: list[tuple[str, str]], out: Decoded) -> None:
+    """Fields of unknown elements, in template order, as far as the attribute limit allows."""
+    for key, value in unknown:
+        if key not in attributes and len(attributes) >= out.max_record_attributes:
+            skipped = sum(1 for k, _ in unknown if k not in attributes)
+            attributes["netflow.fields_skipped"] = str(skipped)
+            out.skipped["fields_over_limit"] += skipped
+            return
+        attributes.setdefault(key, value)
 
 
 def _is_time(element: int) -> bool:

@@ -34,6 +34,7 @@ FACILITIES = (
     *(f"local{n}" for n in range(8)),
 )
 DEFAULT_PRI = 13  # user.notice, as RFC 3164 prescribes for messages without one
+MAX_DATAGRAM_BYTES = 65_535
 MAX_PRI = 191
 NILVALUE = "-"
 # How far ahead of ours a sender's clock may run before a year-less time means last year.
@@ -88,13 +89,34 @@ class _Parsed:
 
 
 def parse_syslog(data: bytes, received: Received) -> event_pb2.Event:
-    """One datagram as an Event (type ``syslog``, or ``raw`` with ``parse.error``)."""
-    text = data.decode("utf-8", errors="replace").rstrip("\r\n\x00")
+    """One datagram as an Event (type ``syslog``, or ``raw`` with ``parse.error``).
+
+    Each invalid UTF-8 byte becomes a 3-byte U+FFFD, so text can outgrow its input: it is
+    cut at the input's size or at the largest datagram, whichever is larger
+    (``parse.truncated``; the original bytes stay in ``raw``), so input limits keep
+    bounding messages.
+    """
+    text, cut = _decode(data)
     try:
         parsed = _parse_text(text, received)
     except SyslogParseError as error:
-        return raw_event(data, text, received, str(error))
-    return _syslog_event(data, parsed, received)
+        event = raw_event(data, text, received, str(error))
+    else:
+        event = _syslog_event(data, parsed, received)
+    if cut:
+        event.attributes["parse.truncated"] = "true"
+    return event
+
+
+def _decode(data: bytes) -> tuple[str, bool]:
+    text = data.decode("utf-8", errors="replace").rstrip("\r\n\x00")
+    if "\ufffd" not in text:
+        return text, False
+    encoded = text.encode()
+    limit = max(len(data), MAX_DATAGRAM_BYTES)
+    if len(encoded) <= limit:
+        return text, False
+    return encoded[:limit].decode("utf-8", "ignore"), True
 
 
 def has_syslog_header(data: bytes) -> bool:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from inprocess_mesh import Mothership, storage_app
+from inprocess_mesh import (
+    AgentStream,
+    Mothership,
+    make_batch,
+    make_event,
+    storage_app,
+    stored_ids,
+)
 from inprocess_mesh import mothership as inprocess_mothership
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from support import Pki, secure_channel
 
-from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc, storage_pb2, storage_pb2_grpc
+from gen.edgebot.v1 import event_pb2, ingest_pb2, ingest_pb2_grpc
 from ingest_svc import build as build_ingest
-from mesh.app import App, running
-from mesh.ids import uuid7
-from mesh.timeutil import now_ns, ns_to_ts
+from mesh.app import running
 
 
 @pytest.fixture
@@ -26,44 +30,6 @@ async def mothership(pki: Pki, tmp_path: Path) -> AsyncIterator[Mothership]:
     limits = {"max_events_per_batch": 100, "max_unacked_batches": 4, "retry_delay_s": 0.25}
     async with inprocess_mothership(pki, tmp_path, ingest=limits) as mesh:
         yield mesh
-
-
-def make_event(message: str, **fields: Any) -> event_pb2.Event:
-    event = event_pb2.Event(
-        id=uuid7(), type="syslog", host="router-1", service="dnsmasq", message=message, **fields
-    )
-    ns_to_ts(now_ns(), event.time)
-    return event
-
-
-def make_batch(agent_id: str, events: list[event_pb2.Event], seq: int = 1) -> event_pb2.EventBatch:
-    return event_pb2.EventBatch(batch_id=uuid7(), agent_id=agent_id, seq=seq, events=events)
-
-
-class AgentStream:
-    """An agent's side of IngestService.Stream, driven step by step by a test."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.call = ingest_pb2_grpc.IngestServiceStub(channel).Stream()
-
-    async def hello(self, agent_id: str) -> ingest_pb2.Limits:
-        await self.call.write(ingest_pb2.StreamRequest(hello=ingest_pb2.Hello(agent_id=agent_id)))
-        response = await self.call.read()
-        assert response.WhichOneof("kind") == "limits"
-        return response.limits
-
-    async def send(self, batch: event_pb2.EventBatch) -> ingest_pb2.BatchAck:
-        await self.call.write(ingest_pb2.StreamRequest(batch=batch))
-        response = await self.call.read()
-        assert response.WhichOneof("kind") == "ack", response
-        return response.ack
-
-
-async def stored_ids(storage: App, pki: Pki) -> list[str]:
-    async with secure_channel(storage.runtime.ports.grpc, pki.operator()) as channel:
-        stub = storage_pb2_grpc.StorageServiceStub(channel)
-        response = await stub.QueryEvents(storage_pb2.QueryEventsRequest(page_size=1000))
-    return [event.id for event in response.events]
 
 
 async def test_stream_acks_ok_only_after_storage_committed(

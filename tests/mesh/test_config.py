@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest_svc.config import IngestServiceConfig
-from mesh.config import ConfigError, ServiceConfig, load_config
+from edge_agent import AgentConfig
+from ingest_svc.config import IngestSection, IngestServiceConfig
+from mesh.config import ConfigError, ServerConfig, ServiceConfig, load_config
 from pipeline_svc.config import PipelineServiceConfig
 from pipeline_svc.pipeline import Pipeline
+from storage_svc import StorageServiceConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -111,3 +113,41 @@ def test_service_refuses_to_start_with_a_bad_value(tmp_path: Path, module: str) 
     assert result.returncode == 2
     assert "server.grace_period_s" in result.stderr
     assert "greater than or equal to 0" in result.stderr
+
+
+def test_errors_never_repeat_secrets_or_url_credentials(tmp_path: Path) -> None:
+    agent = write(
+        tmp_path,
+        "inputs:\n  http:\n    - name: weather\n"
+        "      url: ftp://user:hunter2pass@api.example/v1?api_key=k3yk3yk3y\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(AgentConfig, agent, "agent", environ={})
+    message = str(caught.value)
+    assert "inputs.http.0.url" in message
+    assert "ftp://user:***@api.example/v1?***" in message
+    assert "hunter2pass" not in message
+    assert "k3yk3yk3y" not in message
+
+    storage = write(tmp_path, "postgres:\n  dsn: {url: 'postgresql://edgebot:s3cr3tpw@db/e'}\n")
+    with pytest.raises(ConfigError, match=r"postgres\.dsn: .*valid string") as caught:
+        load_config(StorageServiceConfig, storage, "storage", environ={})
+    assert "s3cr3tpw" not in str(caught.value)
+
+
+def test_every_server_and_ingest_limit_is_a_documented_key() -> None:
+    for model in (ServerConfig, IngestSection):
+        undocumented = [name for name, f in model.model_fields.items() if not f.description]
+        assert undocumented == [], model.__name__
+    limits = {
+        "max_message_bytes",
+        "max_concurrent_streams",
+        "max_connections",
+        "handshake_timeout_s",
+        "max_connection_idle_s",
+    }
+    assert limits <= set(ServerConfig.model_fields)
+    ingest_limits = {"max_streams", "max_streams_per_caller", "hello_timeout_s"}
+    assert ingest_limits | {"stream_idle_timeout_s", "max_raw_bytes"} <= set(
+        IngestSection.model_fields
+    )
