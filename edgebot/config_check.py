@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from edgebot.layout import MODULES
 from edgebot.output import print_help
-from mesh.config import ConfigError, ServiceConfig, load_config
+from mesh.config import ConfigError, ServiceConfig, load_config, mask_secrets
 
 CONFIG_CLASSES = {
     "storage": ("storage_svc", "StorageServiceConfig"),
@@ -22,9 +22,6 @@ CONFIG_CLASSES = {
     "anomaly": ("anomaly_svc", "AnomalyServiceConfig"),
     "agent": ("edge_agent", "AgentConfig"),
 }
-SECRET_WORDS = ("password", "secret", "token", "key_file", "api_key", "dsn")
-
-
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("config", help="work with service configuration files")
     commands = parser.add_subparsers(title="config commands", metavar="COMMAND")
@@ -50,13 +47,8 @@ def guess_service(path: Path) -> str | None:
 
 
 def hide_secrets(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: hide_secrets(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [hide_secrets(item, key) for item in value]
-    if value and any(word in key.lower() for word in SECRET_WORDS) and "file" not in key:
-        return "***"
-    return value
+    """The effective settings as shown: secrets as ``***`` (the rules config errors use)."""
+    return mask_secrets(value, key)
 
 
 async def run_check(args: argparse.Namespace) -> int:

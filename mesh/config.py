@@ -305,12 +305,16 @@ def is_secret_key(key: str) -> bool:
     )
 
 
-def _masked(value: Any, key: str) -> Any:
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """``value`` (a config mapping, list or leaf under ``key``) with every secret as ``***``
+    and URL passwords and query strings hidden in the rest."""
     if isinstance(value, dict):
-        return {k: _masked(v, str(k)) for k, v in value.items()}
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_masked(item, key) for item in value]
-    return "***" if is_secret_key(key) and value else value
+        return [mask_secrets(item, key) for item in value]
+    if is_secret_key(key) and value:
+        return "***"
+    return redact_secrets(value) if isinstance(value, str) else value
 
 
 def _describe(
@@ -326,7 +330,7 @@ def _describe(
         reason = error["msg"]
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
-        value = _masked(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
+        value = mask_secrets(error.get("input"), str(error["loc"][-1]) if error["loc"] else "")
         shown = "" if error["type"] in ("extra_forbidden", "missing") else f" (got {value!r})"
         problems.append(redact_secrets(f"{key}: {reason}{shown}"))
     return f"invalid configuration{where}: " + "; ".join(problems)
