@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 from collections.abc import Iterable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagate import set_global_textmap
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,24 +29,15 @@ def setup_tracing(config: TracingConfig, service: str) -> TracerProvider | None:
     set_global_textmap(PROPAGATOR)
     provider = TracerProvider(resource=Resource.create({"service.name": f"edgebot-{service}"}))
     if config.otlp_endpoint:
-        exporter = _otlp_exporter(config.otlp_endpoint)
-        if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(config.otlp_endpoint)))
+        # Spans still queued when the process ends are sent on the way out.
+        atexit.register(provider.shutdown)
     trace.set_tracer_provider(provider)
     return provider
 
 
-def _otlp_exporter(endpoint: str) -> SpanExporter | None:
-    try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
-            OTLPSpanExporter,
-        )
-    except ImportError:
-        log.warning(
-            "tracing.otlp_endpoint is set but opentelemetry-exporter-otlp-proto-grpc is not "
-            "installed; spans stay local (pip install opentelemetry-exporter-otlp-proto-grpc)"
-        )
-        return None
+def _otlp_exporter(endpoint: str) -> SpanExporter:
+    """OTLP over gRPC without TLS: a collector beside the service (a sidecar or node agent)."""
     exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
     return exporter
 

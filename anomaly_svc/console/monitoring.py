@@ -49,16 +49,20 @@ class Scrape:
 
 
 def parse_exposition(text: str, at: float) -> Scrape:
+    """Each family's value and histogram buckets, summed over its label sets (a counter split
+    by transport or status counts as one)."""
     scrape = Scrape(at)
+    bucket_sums: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.endswith("_bucket") and "le" in sample.labels:
+                bounds = bucket_sums.setdefault(family.name, {})
                 bound = float(sample.labels["le"])
-                scrape.buckets.setdefault(family.name, []).append((bound, sample.value))
-            elif not sample.labels and sample.name in (family.name, f"{family.name}_total"):
-                scrape.values[family.name] = sample.value
-    for buckets in scrape.buckets.values():
-        buckets.sort()
+                bounds[bound] = bounds.get(bound, 0.0) + sample.value
+            elif sample.name in (family.name, f"{family.name}_total"):
+                scrape.values[family.name] = scrape.values.get(family.name, 0.0) + sample.value
+    for name, bounds in bucket_sums.items():
+        scrape.buckets[name] = sorted(bounds.items())
     return scrape
 
 
