@@ -18,6 +18,7 @@ from edgebot import (
     export,
     health,
     replay,
+    serve,
     train,
 )
 from edgebot.layout import DEFAULT_AGENT_ID, DEFAULT_PORT_BASE, DEFAULT_SYSLOG_PORT, StateDir
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgebot {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_up(subparsers)
+    serve.add_parsers(subparsers)
     certs.add_parser(subparsers)
     health.add_parser(subparsers)
     health.add_probe_parser(subparsers)

@@ -22,6 +22,8 @@ CONFIG_CLASSES = {
     "anomaly": ("anomaly_svc", "AnomalyServiceConfig"),
     "agent": ("edge_agent", "AgentConfig"),
 }
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("config", help="work with service configuration files")
     commands = parser.add_subparsers(title="config commands", metavar="COMMAND")

@@ -88,15 +88,22 @@ def service_main(
     )
     parser.add_argument("--config", type=Path, help="YAML config file (defaults are embedded)")
     args = parser.parse_args(argv)
+    return asyncio.run(run_service(name, model, build, args.config))
+
+
+async def run_service(
+    name: str, model: type[ConfigT], build: Callable[[ConfigT], App], config_path: Path | None
+) -> int:
+    """Validate the configuration (2 naming the bad key), then serve until a signal (0)."""
     try:
-        config = load_config(model, args.config, name)
+        config = load_config(model, config_path, name)
         prepare_process(config, name)
         app = build(config)
     except ConfigError as exc:
         print(f"edgebot {name}: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_until_signal(app, lambda: load_config(model, args.config, name)))
+        await run_until_signal(app, lambda: load_config(model, config_path, name))
     except Exception as exc:
         log.debug("start-up failure", exc_info=True)
         print(f"edgebot {name}: could not start: {exc}", file=sys.stderr)

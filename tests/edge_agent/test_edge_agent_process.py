@@ -26,10 +26,12 @@ def free_tcp_port() -> int:
     return port
 
 
-def start_agent(config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def start_agent(
+    config_path: Path, log_path: Path, command: tuple[str, ...] = ("-m", "edge_agent")
+) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "--config", str(config_path)],
+            [sys.executable, *command, "--config", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
@@ -191,3 +193,44 @@ async def test_sighup_reloads_the_agent_and_refuses_a_bad_config(pki: Pki, tmp_p
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
         await server.stop()
+
+
+async def test_edgebot_agent_runs_the_agent_and_refuses_a_bad_config(
+    pki: Pki, tmp_path: Path
+) -> None:
+    double = IngestDouble(limits(), ok)
+    server = await IngestServer(pki, double).start()
+    tcp_port = free_tcp_port()
+    tcp = {"enabled": True, "host": "127.0.0.1", "port": tcp_port}
+    config = agent_config(
+        pki,
+        tmp_path,
+        [server.address],
+        inputs={"syslog_udp": {"enabled": False}, "syslog_tcp": tcp},
+    )
+    config_path = tmp_path / "edge.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    log_path = tmp_path / "agent.log"
+    agent = start_agent(config_path, log_path, ("-m", "edgebot", "agent"))
+    try:
+        await wait_listening(tcp_port, agent, log_path)
+        logger = await asyncio.create_subprocess_exec(
+            "logger", "-T", "-n", "127.0.0.1", "-P", str(tcp_port), "-t", "cli", "via edgebot agent"
+        )
+        assert await logger.wait() == 0
+        await eventually(lambda: [e.message for e in stored(double)] == ["via edgebot agent"])
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=30) == 0, tail_of(log_path)
+        await server.stop()
+
+    config_path.write_text("spool:\n  max_bytes: lots\n")
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "edgebot", "agent", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "spool.max_bytes" in refused.stderr
