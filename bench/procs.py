@@ -1,0 +1,97 @@
+"""CPU time and memory of the processes under test, read from /proc through psutil.
+
+A ``Watched`` process is one role (ingest, storage, postgres, ...), optionally with its
+children (PostgreSQL's backends); the sampler keeps each role's peak RSS and RSS over time,
+and a CPU snapshot before and after a phase gives CPU seconds per role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+
+@dataclass
+class Watched:
+    role: str
+    pid: int
+    with_children: bool = False
+    peak_rss_mb: float = 0.0
+    series: list[tuple[float, float]] = field(default_factory=list)
+
+    def _processes(self) -> list[psutil.Process]:
+        try:
+            main = psutil.Process(self.pid)
+            found = [main]
+            if self.with_children:
+                found += main.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return found
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def rss_mb(self) -> float:
+        total = 0
+        for process in self._processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += process.memory_info().rss
+        return total / 2**20
+
+    def sample(self, started: float) -> float:
+        rss = self.rss_mb()
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        self.series.append((round(time.monotonic() - started, 2), round(rss, 1)))
+        return rss
+
+
+class Sampler:
+    """Samples every watched role's RSS at a fixed interval while a phase runs."""
+
+    def __init__(self, watched: list[Watched], interval_s: float = 0.5) -> None:
+        self.watched = watched
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._cpu_before: dict[str, float] = {}
+        self._cpu_after: dict[str, float] = {}
+        self._started = time.monotonic()
+
+    async def __aenter__(self) -> Sampler:
+        for item in self.watched:
+            item.peak_rss_mb, item.series = 0.0, []
+        self._cpu_before = {w.role: w.cpu_seconds() for w in self.watched}
+        self._started = time.monotonic()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self.watched:
+            item.sample(self._started)
+        self._cpu_after = {w.role: w.cpu_seconds() for w in self.watched}
+
+    async def _run(self) -> None:
+        while True:
+            for item in self.watched:
+                item.sample(self._started)
+            await asyncio.sleep(self.interval_s)
+
+    def cpu_used(self) -> dict[str, float]:
+        """CPU seconds each role used while the phase ran."""
+        return {role: self._cpu_after[role] - self._cpu_before[role] for role in self._cpu_after}
+
+    def peaks(self) -> dict[str, float]:
+        return {w.role: round(w.peak_rss_mb, 1) for w in self.watched}

@@ -1,0 +1,150 @@
+"""The benchmark's table, its JSON file, and a PNG chart (matplotlib, the `bench` extra)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "rsyslog": _rsyslog_version(),
+    }
+
+
+def _rsyslog_version() -> str:
+    try:
+        done = subprocess.run(["/usr/sbin/rsyslogd", "-v"], capture_output=True, check=False)
+    except OSError:
+        return ""
+    return done.stdout.decode(errors="replace").splitlines()[0] if done.stdout else ""
+
+
+def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per configuration: name, events/s, p50/p99 ack latency."""
+    table = []
+    limit = results.get("limit", {}).get("best")
+    if limit:
+        name = f"limit: raw COPY, batch {limit['batch']}, {limit['writers']} writer(s)"
+        table.append({"name": name, "events_per_s": limit["events_per_s"]})
+    for phase in results.get("e2e", {}).get("phases", []):
+        latency = phase["latency_ms"]
+        table.append(
+            {
+                "name": _phase_name(phase),
+                "events_per_s": phase["events_per_s"],
+                "p50_ms": latency["p50"],
+                "p99_ms": latency["p99"],
+            }
+        )
+    for peer in results.get("rsyslog", {}).get("configs", []):
+        name = f"rsyslog ompgsql, {peer['workers']} worker thread(s)"
+        table.append({"name": name, "events_per_s": peer["events_per_s"]})
+    return table
+
+
+def _phase_name(phase: dict[str, Any]) -> str:
+    offered = phase["offered_per_s"]
+    if offered is None:
+        return "EdgeBot sustained (backlog)"
+    return f"EdgeBot at {phase['name'].split()[-1]}/s offered ({offered:,.0f} appended/s)"
+
+
+def ratios(results: dict[str, Any]) -> dict[str, float]:
+    phases = results.get("e2e", {}).get("phases", [])
+    sustained = next((p["events_per_s"] for p in phases if p["offered_per_s"] is None), None)
+    found: dict[str, float] = {}
+    if sustained is None:
+        return found
+    limit = results.get("limit", {}).get("best")
+    if limit:
+        found["edgebot / limit"] = round(sustained / limit["events_per_s"], 3)
+    for peer in results.get("rsyslog", {}).get("configs", []):
+        found[f"edgebot / rsyslog {peer['workers']}w"] = round(sustained / peer["events_per_s"], 3)
+    return found
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else (
+        pattern.format(value))  # fmt: skip
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\n{'configuration':<58}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}")
+    for row in rows(results):
+        p50, p99 = _fmt(row.get("p50_ms"), "{:.1f}"), _fmt(row.get("p99_ms"), "{:.1f}")
+        print(f"{row['name']:<58}{row['events_per_s']:>11,.0f}{p50:>9}{p99:>9}")
+    for name, value in ratios(results).items():
+        print(f"  {name}: {value:.0%}")
+    for phase in results.get("e2e", {}).get("phases", []):
+        cpu = ", ".join(f"{k} {v:.3f}" for k, v in phase["cpu_s_per_1k"].items())
+        rss = ", ".join(f"{k} {v:.0f}" for k, v in phase["peak_rss_mb"].items())
+        print(f"  {phase['name']}: CPU s/1k events: {cpu}\n{'':>4}peak RSS MB: {rss}")
+    if "agent" in results:
+        print(f"  edge agent: {results['agent']}")
+    if "scaleout" in results:
+        print(f"  scale-out: {results['scaleout']['exactly_once']}")
+        print(f"  many agents: {results['scaleout']['many_agents']['summary']}")
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str))
+
+
+def draw_chart(results: dict[str, Any], path: Path) -> bool:
+    """Throughput per configuration and p50/p99 ack latency per offered rate; False when
+    matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    table = rows(results)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
+    names = [row["name"].replace(", ", ",\n", 1) for row in table]
+    left.barh(names, [row["events_per_s"] for row in table], color=_colours(table))
+    left.invert_yaxis()
+    left.set_xlabel("events/s (stored; EdgeBot: durably acknowledged)")
+    left.tick_params(axis="y", labelsize=7)
+    latency = [row for row in table if row.get("p99_ms") is not None]
+    labels = [row["name"].split(" (")[0].replace("EdgeBot at ", "") for row in latency]
+    right.plot(labels, [row["p50_ms"] for row in latency], "o-", label="p50")
+    right.plot(labels, [row["p99_ms"] for row in latency], "s-", label="p99")
+    right.axhline(50, color="grey", linestyle="--", linewidth=1, label="target p99 50 ms")
+    right.set_ylabel("ack latency, spool append to ack (ms)")
+    right.set_yscale("log")
+    right.legend()
+    figure.suptitle(f"EdgeBot benchmark ({results.get('date', '')}, {results['machine']['cpu']}, "
+                    f"{results['machine']['cores']} cores)", fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def _colours(table: list[dict[str, Any]]) -> list[str]:
+    palette = {"limit": "#888888", "EdgeBot": "#2b7bba", "rsyslog": "#d9822b"}
+    return [next((c for k, c in palette.items() if row["name"].startswith(k)), "#555")
+            for row in table]  # fmt: skip
