@@ -31,8 +31,8 @@ def parser() -> argparse.ArgumentParser:
     add("--seconds", type=float, default=20.0, help="seconds per offered rate")
     add("--agents", type=int, default=4, help="simulated agents in the end-to-end runs")
     add("--fleet-procs", type=int, default=2, help="processes the simulated agents run in")
-    add("--batch-max-events", type=int, default=200, help="shipper.batch_max_events")
-    add("--batch-max-wait-s", type=float, default=0.01, help="shipper.batch_max_wait_s")
+    add("--batch-max-events", type=int, default=500, help="shipper.batch_max_events")
+    add("--batch-max-wait-s", type=float, default=0.02, help="shipper.batch_max_wait_s")
     add("--adaptive-max-events", type=int, default=5000, help="shipper.adaptive_max_events")
     add("--limit-events", type=int, default=100_000, help="rows per raw COPY configuration")
     add("--limit-batches", type=int, nargs="+", default=[1000, 5000], help="COPY batch sizes")
@@ -46,6 +46,8 @@ def parser() -> argparse.ArgumentParser:
     add("--scale-agents", type=int, default=200, help="agents of the many-streams run")
     add("--scale-rate", type=float, default=2000.0, help="many-streams run: total events/s")
     add("--scale-seconds", type=float, default=60.0, help="many-streams run: seconds")
+    add("--scale-batch-wait-s", type=float, default=1.0,
+        help="many-streams run: shipper.batch_max_wait_s (the agent default)")  # fmt: skip
     add("--pg-fsync", action=argparse.BooleanOptionalAction, default=True,
         help="PostgreSQL with fsync and full_page_writes (durable commits)")  # fmt: skip
     add("--profile", action="store_true", help="py-spy every service in an extra sustained run")

@@ -5,6 +5,7 @@ idle RSS is read after the agent has run idle for a while."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from bench import profiling
 from bench.identity import agent_id, tls
 from bench.mothership import Service, spawn, wait_serving
 from bench.pg import PgSchema
@@ -73,7 +75,7 @@ async def stored_from(store: PgSchema, source: str, expected: int, timeout_s: fl
 
 async def measure_edge(
     index: int, pki: Path, work: Path, store: PgSchema, ingests: list[str],
-    lines: list[bytes], shipper: dict[str, Any], idle_s: float,
+    lines: list[bytes], shipper: dict[str, Any], idle_s: float, profile: Path | None = None,
 ) -> EdgeResult:  # fmt: skip
     tcp_port, ports = free_tcp_port(), (free_tcp_port(), free_tcp_port())
     path = write_config(work, agent_config(index, pki, work, ingests, tcp_port, ports, shipper))
@@ -86,7 +88,12 @@ async def measure_edge(
         idle_rss = watched.rss_mb()
         source = f"{agent_id(index)}/syslog_tcp"
         started = time.monotonic()
-        async with Sampler([watched]) as sampler:
+        recorder = (
+            profiling.recording({"agent": agent.process.pid}, profile, 60)
+            if profile is not None
+            else contextlib.nullcontext()
+        )
+        async with Sampler([watched]) as sampler, recorder:
             await asyncio.to_thread(send_lines, tcp_port, lines)
             stored = await stored_from(store, source, len(lines), timeout_s=300)
         wall = time.monotonic() - started

@@ -106,19 +106,21 @@ class TimedSpool(Spool):
                 self.unbatched.popleft()
         return runs
 
+    # The ack's arrival is the end of the latency; the spool's delete after it is not in it.
     async def ack(self, batch_id: str) -> int:
+        now = time.monotonic_ns()
         removed = await super().ack(batch_id)
-        self._acked(batch_id, removed)
+        self._acked(batch_id, removed, now)
         return removed
 
     async def ack_partial(self, batch_id: str, errors: Sequence[event_pb2.EventError]) -> int:
+        now = time.monotonic_ns()
         removed = await super().ack_partial(batch_id, errors)
         self.result.rejected += len(errors)
-        self._acked(batch_id, removed)
+        self._acked(batch_id, removed, now)
         return removed
 
-    def _acked(self, batch_id: str, removed: int) -> None:
-        now = time.monotonic_ns()
+    def _acked(self, batch_id: str, removed: int, now: int) -> None:
         result = self.result
         for count, appended in self.formed.pop(batch_id, []):
             result.latencies_ms.extend([round((now - appended) / 1e6, 2)] * count)

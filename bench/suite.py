@@ -98,15 +98,19 @@ async def run_edge(
 ) -> dict[str, Any]:
     mothership = await with_mothership(args, server, work, pki)
     lines = list(itertools.islice(stream(load_templates(), 20, seed=7), args.agent_lines))
+    profile = Path(args.out) / "profiles" if args.profile else None
     try:
         result = await measure_edge(
             index, pki, work / "edge", mothership.store, mothership.ingest_addresses, lines,
-            shipper_settings(args), args.idle_seconds,
+            shipper_settings(args), args.idle_seconds, profile,
         )  # fmt: skip
     finally:
         mothership.stop()
     print(f"edge agent: {result}", flush=True)
-    return asdict(result)
+    found: dict[str, Any] = asdict(result)
+    if profile is not None:
+        found["profile"] = profiling.summaries(profile, {"agent": 0})
+    return found
 
 
 async def run_rsyslog(args: argparse.Namespace, server: PgServer, work: Path) -> dict[str, Any]:
@@ -135,8 +139,9 @@ async def run_scaleout(
         mothership.stop()
     print(f"scale-out: {once}", flush=True)
     mothership = await with_mothership(args, server, work, pki)
+    modest = shipper | {"batch_max_wait_s": args.scale_batch_wait_s}
     try:
-        fleet = Fleet(work / "many", pki, args.scale_agents, args.fleet_procs, shipper)
+        fleet = Fleet(work / "many", pki, args.scale_agents, args.fleet_procs, modest)
         many = await many_agents(mothership, server, fleet, args.scale_rate, args.scale_seconds)
     finally:
         mothership.stop()
