@@ -62,16 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     machine = report.machine()
-    results = suite.execute(args)
-    results |= {
+    header = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv),
         "machine": machine,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    report.print_table(results)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     json_path, png_path = args.out / f"{stamp}.json", args.out / f"{stamp}.png"
+    # Written after every part, so a long run that fails late keeps what it measured.
+    results = suite.execute(args, lambda partial: report.write_json(header | partial, json_path))
+    results |= header
+    report.print_table(results)
     report.write_json(results, json_path)
     shutil.copyfile(json_path, args.out / "latest.json")
     if report.draw_chart(results, png_path):

@@ -24,6 +24,7 @@ from pg_server import free_tcp_port  # isort: skip  (on the path bench.pg sets)
 
 MODULES = {"storage": "storage_svc", "pipeline": "pipeline_svc", "ingest": "ingest_svc"}
 START_TIMEOUT_S = 60.0
+BIND_ATTEMPTS = 3
 
 
 @dataclass
@@ -78,6 +79,20 @@ class Mothership:
             await self._start(f"ingest{n + 1}", "ingest", downstream)
 
     async def _start(self, role: str, kind: str, sections: dict[str, Any]) -> None:
+        for attempt in range(BIND_ATTEMPTS):
+            service = self._spawn(role, kind, sections)
+            try:
+                await wait_serving(service)
+            except RuntimeError:
+                # A free port found by probing can be taken by another process before
+                # the service binds it (a shared machine): try again on fresh ports.
+                if "already in use" not in service.tail() or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                continue
+            self.services.append(service)
+            return
+
+    def _spawn(self, role: str, kind: str, sections: dict[str, Any]) -> Service:
         port, health = free_tcp_port(), free_tcp_port()
         config: dict[str, Any] = {
             "server": {"port": port, "health_port": health, "grace_period_s": 5},
@@ -91,9 +106,8 @@ class Mothership:
         path = self.workdir / f"{role}.yaml"
         path.write_text(yaml.safe_dump(config))
         log_path = self.workdir / f"{role}.log"
-        service = Service(role, spawn(MODULES[kind], path, log_path), port, health, log_path)
-        self.services.append(service)
-        await wait_serving(service)
+        log_path.unlink(missing_ok=True)
+        return Service(role, spawn(MODULES[kind], path, log_path), port, health, log_path)
 
     def stop(self) -> None:
         for service in reversed(self.services):

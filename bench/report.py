@@ -125,9 +125,13 @@ def print_table(results: dict[str, Any]) -> None:
               f"\n{'':>4}peak RSS MB: {rss}")  # fmt: skip
     if "agent" in results:
         print(f"  edge agent: {results['agent']}")
-    if "scaleout" in results:
-        print(f"  scale-out: {results['scaleout']['exactly_once']}")
-        print(f"  many agents: {results['scaleout']['many_agents']['summary']}")
+    scaleout = results.get("scaleout", {})
+    if "exactly_once" in scaleout:
+        print(f"  scale-out: {scaleout['exactly_once']}")
+        print(f"  many agents: {scaleout['many_agents']['summary']}")
+    for name, part in results.items():
+        if isinstance(part, dict) and "failed" in part:
+            print(f"  {name} FAILED: {part['failed']}")
 
 
 def write_json(results: dict[str, Any], path: Path) -> None:

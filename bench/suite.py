@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -149,23 +150,25 @@ async def run_scaleout(
     return {"exactly_once": once, "many_agents": many}
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run(
+    args: argparse.Namespace, progress: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="edgebot-bench-"))
     pki = make_pki(work / "pki", max(args.agents, args.scale_agents) + 1)
     server = start_server(durable=args.pg_fsync)
     results: dict[str, Any] = {"postgres": await server_version(server)}
+    parts = {
+        "limit": lambda: run_limit(args, server),
+        "e2e": lambda: run_endtoend(args, server, work, pki),
+        "agent": lambda: run_edge(args, server, work, pki, max(args.agents, args.scale_agents)),
+        "rsyslog": lambda: run_rsyslog(args, server, work),
+        "scaleout": lambda: run_scaleout(args, server, work, pki),
+    }
     try:
-        if "limit" in args.parts:
-            results["limit"] = await run_limit(args, server)
-        if "e2e" in args.parts:
-            results["e2e"] = await run_endtoend(args, server, work, pki)
-        if "agent" in args.parts:
-            index = max(args.agents, args.scale_agents)
-            results["agent"] = await run_edge(args, server, work, pki, index)
-        if "rsyslog" in args.parts:
-            results["rsyslog"] = await run_rsyslog(args, server, work)
-        if "scaleout" in args.parts:
-            results["scaleout"] = await run_scaleout(args, server, work, pki)
+        for name, part in parts.items():
+            if name in args.parts:
+                results[name] = await _part(name, part, progress)
+                progress(results)
     finally:
         server.remove()
         if not args.keep:
@@ -173,5 +176,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def execute(args: argparse.Namespace) -> dict[str, Any]:
-    return asyncio.run(run(args))
+async def _part(
+    name: str,
+    part: Callable[[], Awaitable[dict[str, Any]]],
+    progress: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """A part's results; a part that fails is recorded as such and the run goes on."""
+    try:
+        return await part()
+    except Exception as error:
+        print(f"bench: {name} failed: {type(error).__name__}: {error}", flush=True)
+        return {"failed": f"{type(error).__name__}: {error}"}
+
+
+def execute(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    return asyncio.run(run(args, progress))
