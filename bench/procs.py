@@ -42,10 +42,15 @@ class Watched:
         return total
 
     def rss_mb(self) -> float:
+        """RSS; for a process with its children (PostgreSQL's backends) their PSS, so the
+        shared memory they all map is counted once, not once per backend."""
         total = 0
         for process in self._processes():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += process.memory_info().rss
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if self.with_children:
+                    total += process.memory_full_info().pss
+                else:
+                    total += process.memory_info().rss
         return total / 2**20
 
     def sample(self, started: float) -> float:

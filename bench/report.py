@@ -77,6 +77,10 @@ def rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "p99_ms": None if backlog else latency["p99"],
             }
         )
+    once = results.get("scaleout", {}).get("exactly_once")
+    if once:
+        name = f"EdgeBot {once['ingests']} ingest + {once['pipelines']} pipeline (backlog)"
+        table.append({"name": name, "events_per_s": once["events_per_s"]})
     for peer in results.get("rsyslog", {}).get("configs", []):
         name = f"rsyslog ompgsql, {peer['workers']} worker thread(s)"
         table.append({"name": name, "events_per_s": peer["events_per_s"]})
@@ -101,6 +105,11 @@ def ratios(results: dict[str, Any]) -> dict[str, float]:
         found["edgebot / limit"] = round(sustained / limit["events_per_s"], 3)
     for peer in results.get("rsyslog", {}).get("configs", []):
         found[f"edgebot / rsyslog {peer['workers']}w"] = round(sustained / peer["events_per_s"], 3)
+    once = results.get("scaleout", {}).get("exactly_once")
+    if once and limit:
+        found["edgebot 2+2 replicas / limit"] = round(
+            once["events_per_s"] / limit["events_per_s"], 3
+        )
     return found
 
 
@@ -124,7 +133,8 @@ def print_table(results: dict[str, Any]) -> None:
               f" (CPU-bound ceiling on 2 idle cores: {2000 / max(total, 1e-9):,.0f} events/s)"
               f"\n{'':>4}peak RSS MB: {rss}")  # fmt: skip
     if "agent" in results:
-        print(f"  edge agent: {results['agent']}")
+        agent = {k: v for k, v in results["agent"].items() if k != "profile"}
+        print(f"  edge agent: {agent}")
     scaleout = results.get("scaleout", {})
     if "exactly_once" in scaleout:
         print(f"  scale-out: {scaleout['exactly_once']}")
@@ -150,8 +160,8 @@ def draw_chart(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     table = rows(results)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=(3, 2))
-    names = [row["name"].replace(", ", ",\n", 1) for row in table]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), width_ratios=(3, 2))
+    names = [_two_lines(row["name"]) for row in table]
     left.barh(names, [row["events_per_s"] for row in table], color=_colours(table))
     left.invert_yaxis()
     left.set_xlabel("events/s (stored; EdgeBot: durably acknowledged)")
@@ -173,7 +183,24 @@ def draw_chart(results: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _two_lines(name: str) -> str:
+    for separator in (" (", ", "):
+        if separator in name:
+            head, tail = name.split(separator, 1)
+            return f"{head}\n{separator.strip()}{' ' if separator == ', ' else ''}{tail}"
+    return name
+
+
 def _colours(table: list[dict[str, Any]]) -> list[str]:
     palette = {"limit": "#888888", "EdgeBot": "#2b7bba", "rsyslog": "#d9822b"}
     return [next((c for k, c in palette.items() if row["name"].startswith(k)), "#555")
             for row in table]  # fmt: skip
+
+
+if __name__ == "__main__":
+    import sys
+
+    loaded = json.loads(Path(sys.argv[1]).read_text())
+    print_table(loaded)
+    if len(sys.argv) > 2 and draw_chart(loaded, Path(sys.argv[2])):
+        print(f"wrote {sys.argv[2]}")

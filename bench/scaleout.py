@@ -71,6 +71,7 @@ async def many_agents(
 ) -> dict[str, Any]:
     specs = fleet.specs(mothership.ingest_addresses, "rate", rate=rate, seconds=seconds)
     phase = await run_phase(f"{fleet.agents} agents", mothership, server, specs, rate)
+    stored = await count_events(mothership.store)
     series = phase.rss_series.get("ingest1", [])
     summary = {
         "agents": fleet.agents,
@@ -78,6 +79,8 @@ async def many_agents(
         "appended": phase.appended,
         "acked": phase.acked,
         "still_spooled": phase.still_spooled,
+        "rows": stored.rows,
+        "distinct_ids": stored.distinct_ids,
         "errors": phase.errors,
         "p99_ms": phase.latency_ms["p99"],
         "ingest_rss_first_mb": series[0][1] if series else None,
