@@ -22,6 +22,10 @@ class Watched:
     with_children: bool = False
     peak_rss_mb: float = 0.0
     series: list[tuple[float, float]] = field(default_factory=list)
+    # CPU seconds per pid at the phase's start and as last seen: a backend that exits
+    # mid-phase keeps its last reading instead of taking its whole past CPU with it.
+    cpu_start: dict[int, float] = field(default_factory=dict)
+    cpu_seen: dict[int, float] = field(default_factory=dict)
 
     def _processes(self) -> list[psutil.Process]:
         try:
@@ -33,13 +37,27 @@ class Watched:
             return []
         return found
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
+    def cpu_by_pid(self) -> dict[int, float]:
+        found = {}
         for process in self._processes():
             with contextlib.suppress(psutil.NoSuchProcess):
                 times = process.cpu_times()
-                total += times.user + times.system
-        return total
+                found[process.pid] = times.user + times.system
+        return found
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_pid().values())
+
+    def start_cpu(self) -> None:
+        self.cpu_start = self.cpu_by_pid()
+        self.cpu_seen = dict(self.cpu_start)
+
+    def see_cpu(self) -> None:
+        self.cpu_seen |= self.cpu_by_pid()
+
+    def cpu_used(self) -> float:
+        """CPU seconds since start_cpu of every process seen (started ones count whole)."""
+        return sum(cpu - self.cpu_start.get(pid, 0.0) for pid, cpu in self.cpu_seen.items())
 
     def rss_mb(self) -> float:
         """RSS; for a process with its children (PostgreSQL's backends) their PSS, so the
@@ -67,14 +85,14 @@ class Sampler:
         self.watched = watched
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
-        self._cpu_before: dict[str, float] = {}
         self._cpu_after: dict[str, float] = {}
         self._started = time.monotonic()
 
     async def __aenter__(self) -> Sampler:
         for item in self.watched:
             item.peak_rss_mb, item.series = 0.0, []
-        self._cpu_before = {w.role: w.cpu_seconds() for w in self.watched}
+        for item in self.watched:
+            item.start_cpu()
         self._started = time.monotonic()
         self._task = asyncio.create_task(self._run())
         return self
@@ -86,17 +104,19 @@ class Sampler:
                 await self._task
         for item in self.watched:
             item.sample(self._started)
-        self._cpu_after = {w.role: w.cpu_seconds() for w in self.watched}
+            item.see_cpu()
+        self._cpu_after = {w.role: w.cpu_used() for w in self.watched}
 
     async def _run(self) -> None:
         while True:
             for item in self.watched:
                 item.sample(self._started)
+                item.see_cpu()
             await asyncio.sleep(self.interval_s)
 
     def cpu_used(self) -> dict[str, float]:
         """CPU seconds each role used while the phase ran."""
-        return {role: self._cpu_after[role] - self._cpu_before[role] for role in self._cpu_after}
+        return dict(self._cpu_after)
 
     def peaks(self) -> dict[str, float]:
         return {w.role: round(w.peak_rss_mb, 1) for w in self.watched}
