@@ -184,11 +184,11 @@ def draw_chart(results: dict[str, Any], path: Path) -> bool:
 
 
 def _two_lines(name: str) -> str:
-    for separator in (" (", ", "):
-        if separator in name:
-            head, tail = name.split(separator, 1)
-            return f"{head}\n{separator.strip()}{' ' if separator == ', ' else ''}{tail}"
-    return name
+    if " (" in name:
+        head, tail = name.split(" (", 1)
+        return f"{head}\n({tail}"
+    head, _, tail = name.partition(", ")
+    return f"{head},\n{tail}" if tail else head
 
 
 def _colours(table: list[dict[str, Any]]) -> list[str]:
