@@ -37,7 +37,8 @@ async def test_timed_spool_reports_one_latency_per_acked_event(tmp_path: Path) -
         await spool.append(events[10:])
         first = await spool.form_batch(15, 1 << 20)
         second = await spool.form_batch(15, 1 << 20)
-        assert first is not None and second is not None
+        assert first is not None
+        assert second is not None
         await spool.ack(second.batch_id)
         await spool.ack(first.batch_id)
     finally:
