@@ -46,7 +46,7 @@ class FleetSpec:
     rate: float = 0.0
     seconds: float = 0.0
     tick_s: float = 0.02
-    drain_timeout_s: float = 120.0
+    drain_timeout_s: float = 600.0  # what is still spooled then is reported, not waited for
     shipper: dict[str, Any] = field(default_factory=dict)
 
 
