@@ -9,7 +9,6 @@ limit.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -62,16 +61,3 @@ async def measure_limit(
 def best(results: list[CopyResult]) -> CopyResult:
     return max(results, key=lambda r: r.events_per_s)
 
-
-if __name__ == "__main__":
-    from bench.pg import start_server
-
-    async def _main() -> None:
-        server = start_server(durable=True)
-        try:
-            for result in await measure_limit(server, 50_000, [1000, 5000], [1, 2], 1):
-                print(result)
-        finally:
-            server.remove()
-
-    asyncio.run(_main())
