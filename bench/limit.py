@@ -60,4 +60,3 @@ async def measure_limit(
 
 def best(results: list[CopyResult]) -> CopyResult:
     return max(results, key=lambda r: r.events_per_s)
-
