@@ -5,8 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 STATE_DIR ?= .edgebot
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint gen gen-check certs peers clean
+.PHONY: run test lint gen gen-check certs peers bench bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,18 @@ peers:
 
 test: $(STAMP) peers
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-peers:
+	bash scripts/ensure_bench_peers.sh
+
+# The whole benchmark (limit, end to end, edge agent, rsyslog, scale-out); BENCH_ARGS
+# sizes it, e.g. make bench BENCH_ARGS='--events 20000 --seconds 5'.
+bench: $(BENCH_STAMP) bench-peers
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 gen: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

@@ -33,25 +33,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import asyncpg
 import grpc
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "storage_svc"), str(ROOT / "tests")]
-
-from pg_server import PgSchema, PgServer, free_tcp_port  # noqa: E402
-from support import Pki, secure_channel  # noqa: E402
-
-from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc  # noqa: E402
-from mesh.timeutil import now_ns, ns_to_ts  # noqa: E402
-from storage_svc.config import PostgresSection  # noqa: E402
-from storage_svc.sinks.postgres import PostgresSink  # noqa: E402
-from storage_svc.sinks.postgres_rows import (  # noqa: E402
-    EVENT_COLUMNS,
-    Record,
-    event_record,
+from bench.pg import (
+    ROOT,
+    PgSchema,
+    PgServer,
+    event_records,
+    prepared_schema,
+    raw_copy_rate,
+    server_version,
 )
+from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
+from mesh.timeutil import now_ns, ns_to_ts
+from storage_svc.sinks.postgres_rows import EVENT_COLUMNS, Record
+
+from pg_server import free_tcp_port  # isort: skip  (on the path bench.pg sets)
+from support import Pki, secure_channel  # isort: skip
 
 SERVICES = ("storage", "ingest")
 HOSTS = [f"router-{n}" for n in range(20)]
@@ -89,36 +88,6 @@ def make_events(count: int) -> list[event_pb2.Event]:
 
 def batches(items: Sequence[event_pb2.Event], size: int) -> list[Sequence[event_pb2.Event]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-async def prepared_schema(server: PgServer) -> PgSchema:
-    """A schema with the storage service's tables, migrated by the sink itself."""
-    store = server.fresh_schema()
-    sink = PostgresSink(
-        PostgresSection(dsn=store.dsn, schema_name=store.schema), on_commit=lambda _: None
-    )
-    await sink.open()
-    await sink.close()
-    return store
-
-
-async def raw_copy_rate(
-    store: PgSchema, chunks: list[list[Record]], columns: Sequence[str]
-) -> float:
-    conn = await store.connect()
-    try:
-        started = time.perf_counter()
-        for records in chunks:
-            await conn.copy_records_to_table("events", records=records, columns=columns)
-        elapsed = time.perf_counter() - started
-    finally:
-        await conn.close()
-    return sum(len(records) for records in chunks) / elapsed
-
-
-def event_records(events: list[event_pb2.Event], size: int) -> list[list[Record]]:
-    records = [(seq, *event_record(event, "bench-batch")) for seq, event in enumerate(events, 1)]
-    return [records[i : i + size] for i in range(0, len(records), size)]
 
 
 async def gin_variants(server: PgServer, events: list[event_pb2.Event], size: int) -> None:
@@ -259,15 +228,6 @@ async def main(args: argparse.Namespace) -> None:
             await gin_variants(server, events, args.batch)
     finally:
         server.remove()
-
-
-async def server_version(server: PgServer) -> str:
-    conn = await asyncpg.connect(server.dsn())
-    try:
-        version: str = await conn.fetchval("SHOW server_version")
-    finally:
-        await conn.close()
-    return f"PostgreSQL {version}"
 
 
 def report(args: argparse.Namespace, version: str, raw: float, write: float) -> None:

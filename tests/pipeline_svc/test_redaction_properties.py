@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redaction_helpers import event, run
 
-from pipeline_svc.processors.redaction.scanner import DetectorSettings
+from pipeline_svc.processors.redaction.scanner import (
+    SHORT_DIGITS_MAX,
+    CustomPattern,
+    DetectorSettings,
+)
 
 FULL = DetectorSettings(mask_ip_addresses=True, mask_mac_addresses=True).build()
 DEFAULT = DetectorSettings().build()
@@ -41,3 +46,29 @@ def test_masking_never_raises_and_its_output_rescans_clean(text: str) -> None:
 def test_finding_nothing_means_masking_changes_nothing(text: str) -> None:
     if not DEFAULT.find(text, cache=False):
         assert DEFAULT.mask(text, {}, cache=False) == text
+
+
+NEVER = CustomPattern(name="never", pattern="(?!)")  # any custom detector turns the shortcut off
+FULL_WITHOUT_SHORTCUT = DetectorSettings(
+    mask_ip_addresses=True, mask_mac_addresses=True, custom=[NEVER]
+).build()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789", min_size=1, max_size=SHORT_DIGITS_MAX))
+def test_short_digit_values_skip_the_detectors_and_none_of_them_would_find_anything(
+    digits: str,
+) -> None:
+    assert FULL_WITHOUT_SHORTCUT.find(digits, cache=False) == frozenset()
+    counts: dict[str, int] = {}
+    assert FULL_WITHOUT_SHORTCUT.mask(digits, counts, cache=False) == digits
+    assert counts == {}
+    assert FULL.find(digits) == frozenset()
+
+
+async def test_a_custom_pattern_still_sees_values_of_digits_alone() -> None:
+    source = event("badge used", attributes={"badge.id": "123456", "syslog.pid": "4242"})
+    custom = [{"name": "badge", "pattern": r"^\d{6}$"}]
+    result = await run([source], [{"type": "mask_patterns", "custom": custom}])
+    assert result.events[0].attributes["badge.id"] == "[REDACTED:badge]"
+    assert result.events[0].attributes["syslog.pid"] == "4242"

@@ -25,6 +25,12 @@ from pipeline_svc.processors.redaction.detectors import (
 
 COUNT_TAG_PREFIX = "redaction."
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+SHORT_DIGITS_MAX = 8
+"""No built-in detector finds anything in at most this many ASCII digits alone: cards,
+SSNs, IBANs and national phone numbers need NUMERIC_RUN's 9+ characters, every other kind
+a letter or a separator. Pids, ports and counters then skip the detectors and the caches
+(their many values would only churn them)."""
+_BUILTIN_DETECTORS = frozenset(d for group in BUILTIN.values() for d in group)
 
 
 class CustomPattern(BaseModel):
@@ -155,11 +161,15 @@ class Scanner:
         self._find_cache: dict[str, frozenset[str]] = {}
         self._current: Detector = detectors[0] if detectors else _NOTHING
         self._counts: Counts = {}
+        # A custom pattern may well match digits alone (an employee id of six digits).
+        self._digits_clean = all(d in _BUILTIN_DETECTORS for d in self.detectors)
 
     def mask(self, text: str, counts: Counts, cache: bool = True) -> str:
         """``text`` with every validated finding replaced; adds to ``counts`` per kind.
 
         ``cache`` suits values that repeat (attributes); messages rarely do."""
+        if self._short_digits(text):
+            return text
         if not cache or len(text) > self._cache_chars:
             return self._mask(text, counts)
         cached = self._mask_cache.get(text)
@@ -173,6 +183,8 @@ class Scanner:
 
     def find(self, text: str, cache: bool = True) -> frozenset[str]:
         """The kinds of the validated findings in ``text`` (empty when clean)."""
+        if self._short_digits(text):
+            return _CLEAN
         if not cache or len(text) > self._cache_chars:
             return self._find(text)
         cached = self._find_cache.get(text)
@@ -180,6 +192,14 @@ class Scanner:
             cached = self._find(text)
             self._remember(self._find_cache, text, cached)
         return cached
+
+    def _short_digits(self, text: str) -> bool:
+        return (
+            self._digits_clean
+            and len(text) <= SHORT_DIGITS_MAX
+            and text.isascii()
+            and text.isdigit()
+        )
 
     def _remember(self, cache: dict[str, _V], key: str, value: _V) -> None:
         if len(cache) >= self._cache_entries:

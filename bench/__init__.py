@@ -1,0 +1,1 @@
+"""Reproducible benchmarks (`python -m bench`); not part of the test suite."""
