@@ -96,6 +96,12 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         self.batches: list[event_pb2.EventBatch] = []
         self.outstanding = 0
         self.max_outstanding = 0
+        self._open_streams: set[asyncio.Queue[ingest_pb2.BatchAck | None]] = set()
+
+    def hang_up(self) -> None:
+        """End every open stream (status OK), as a server closing them would."""
+        for acks in self._open_streams:
+            acks.put_nowait(None)
 
     async def Stream(
         self, request_iterator: AsyncIterator[ingest_pb2.StreamRequest], context: Any
@@ -105,7 +111,7 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
         self.metadata.append(dict(context.invocation_metadata() or ()))
         self.peer_names.extend(context.auth_context().get("x509_common_name", []))
         yield ingest_pb2.StreamResponse(limits=self.limits)
-        acks: asyncio.Queue[ingest_pb2.BatchAck] = asyncio.Queue()
+        acks: asyncio.Queue[ingest_pb2.BatchAck | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(batch: event_pb2.EventBatch) -> None:
@@ -125,12 +131,13 @@ class IngestDouble(ingest_pb2_grpc.IngestServiceServicer):
                 tasks.add(task)
 
         reader = asyncio.create_task(read())
+        self._open_streams.add(acks)
         try:
-            while True:
-                reply = await acks.get()
+            while (reply := await acks.get()) is not None:
                 self.outstanding -= 1
                 yield ingest_pb2.StreamResponse(ack=reply)
         finally:
+            self._open_streams.discard(acks)
             reader.cancel()
             for task in tasks:
                 task.cancel()
