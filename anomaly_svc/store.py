@@ -18,6 +18,7 @@ from typing import Any
 
 import aiosqlite
 
+from anomaly_svc.sqlite import open_database
 from mesh.ids import uuid7
 from mesh.timeutil import now_ns
 
@@ -148,12 +149,7 @@ class AnomalyStore:
         return self._db
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(SCHEMA)
+        self._db = await open_database(self.path, SCHEMA, "synchronous=NORMAL")
         async with self._db.execute("SELECT max(version) FROM schema_version") as cursor:
             row = await cursor.fetchone()
         if row is None or row[0] is None:

@@ -32,8 +32,14 @@ sys.path[:0] = [str(ROOT / "tests" / "storage_svc"), str(ROOT / "tests")]
 from nats_server import NatsServer, free_tcp_port  # noqa: E402
 from support import Pki, secure_channel  # noqa: E402
 
-from bench.storage_pg_bench import batches, make_events, wait_serving  # noqa: E402
-from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc  # noqa: E402
+from bench.storage_pg_bench import (  # noqa: E402
+    batches,
+    make_events,
+    wait_serving,
+    write_all,
+    write_requests,
+)
+from gen.edgebot.v1 import storage_pb2, storage_pb2_grpc  # noqa: E402
 
 
 def storage_config(pki: Pki, workdir: Path, port: int, sinks: list[dict[str, Any]]) -> Path:
@@ -75,12 +81,7 @@ async def run_once(
     groups: Sequence[Sequence[Any]],
     in_flight: int,
 ) -> tuple[float, float | None]:
-    payloads = [
-        storage_pb2.WriteRequest(
-            batch=event_pb2.EventBatch(batch_id=f"b-{n}", agent_id="site-a", seq=n, events=group)
-        ).SerializeToString()
-        for n, group in enumerate(groups)
-    ]
+    payloads = write_requests(groups)
     total = sum(len(group) for group in groups)
     port = free_tcp_port()
     config = storage_config(pki, workdir, port, sinks)
@@ -89,21 +90,8 @@ async def run_once(
     try:
         stub = storage_pb2_grpc.StorageServiceStub(channel)
         await wait_serving(stub)
-        write = channel.unary_unary(
-            "/edgebot.v1.StorageService/Write",
-            request_serializer=None,
-            response_deserializer=storage_pb2.WriteResponse.FromString,
-        )
-        queue = list(reversed(payloads))
-
-        async def writer() -> None:
-            while queue:
-                answer = await write(queue.pop())
-                assert not answer.duplicate_batch, answer
-
         started = time.perf_counter()
-        await asyncio.gather(*(writer() for _ in range(in_flight)))
-        write_s = time.perf_counter() - started
+        write_s = await write_all(channel, payloads, in_flight, new_events_only=False)
         drain_s = None
         if sinks:
             while True:

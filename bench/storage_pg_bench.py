@@ -162,6 +162,39 @@ async def wait_serving(stub: storage_pb2_grpc.StorageServiceAsyncStub) -> None:
             await asyncio.sleep(0.1)
 
 
+def write_requests(groups: Sequence[Sequence[event_pb2.Event]]) -> list[bytes]:
+    """Serialized up front, as ingest forwards the batches it received without rebuilding
+    them: the figure is the storage service's, not this client's protobuf encoding."""
+    return [
+        storage_pb2.WriteRequest(
+            batch=event_pb2.EventBatch(batch_id=f"b-{n}", agent_id="site-a", seq=n, events=group)
+        ).SerializeToString()
+        for n, group in enumerate(groups)
+    ]
+
+
+async def write_all(
+    channel: grpc.aio.Channel, payloads: list[bytes], in_flight: int, new_events_only: bool
+) -> float:
+    """Seconds to Write every payload with ``in_flight`` calls at a time."""
+    write = channel.unary_unary(
+        "/edgebot.v1.StorageService/Write",
+        request_serializer=None,
+        response_deserializer=storage_pb2.WriteResponse.FromString,
+    )
+    queue = list(reversed(payloads))
+
+    async def writer() -> None:
+        while queue:
+            answer = await write(queue.pop())
+            assert not answer.duplicate_batch, answer
+            assert answer.duplicates == 0 or not new_events_only, answer
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(in_flight)))
+    return time.perf_counter() - started
+
+
 async def write_rate(
     store: PgSchema,
     pki: Pki,
@@ -169,35 +202,13 @@ async def write_rate(
     groups: list[Sequence[event_pb2.Event]],
     in_flight: int,
 ) -> float:
-    # Serialized up front, as ingest forwards the batches it received without rebuilding
-    # them: the figure is the storage service's, not this client's protobuf encoding.
-    payloads = [
-        storage_pb2.WriteRequest(
-            batch=event_pb2.EventBatch(batch_id=f"b-{n}", agent_id="site-a", seq=n, events=group)
-        ).SerializeToString()
-        for n, group in enumerate(groups)
-    ]
+    payloads = write_requests(groups)
     process, port = start_storage_process(store, pki, workdir)
     channel = secure_channel(port, pki.service("ingest"))
     try:
         stub = storage_pb2_grpc.StorageServiceStub(channel)
         await wait_serving(stub)
-        write = channel.unary_unary(
-            "/edgebot.v1.StorageService/Write",
-            request_serializer=None,
-            response_deserializer=storage_pb2.WriteResponse.FromString,
-        )
-        queue = list(reversed(payloads))
-
-        async def writer() -> None:
-            while queue:
-                answer = await write(queue.pop())
-                assert not answer.duplicate_batch, answer
-                assert answer.duplicates == 0, answer
-
-        started = time.perf_counter()
-        await asyncio.gather(*(writer() for _ in range(in_flight)))
-        elapsed = time.perf_counter() - started
+        elapsed = await write_all(channel, payloads, in_flight, new_events_only=True)
         stats = await stub.GetStats(storage_pb2.StorageServiceGetStatsRequest())
     finally:
         await channel.close()

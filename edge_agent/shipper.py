@@ -8,6 +8,7 @@ first, with ``is_retry`` set.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -124,7 +125,7 @@ class ShipStats:
         self.events_rejected += ack.rejected
 
 
-class SpoolConsumer:
+class SpoolConsumer(abc.ABC):
     """What the agent drives to empty its spool: start, and stop after a drain grace."""
 
     def __init__(self, spool: Spool) -> None:
@@ -136,8 +137,9 @@ class SpoolConsumer:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=type(self).__name__.lower())
 
+    @abc.abstractmethod
     async def _run(self) -> None:
-        raise NotImplementedError
+        """Ship until cancelled."""
 
     async def stop(self, grace_s: float) -> None:
         """Ship what is spooled for up to ``grace_s``, then stop; the rest stays spooled."""

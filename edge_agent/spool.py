@@ -242,7 +242,9 @@ class Spool:
         the same transaction.
         """
         rows = [(e.id, syslog_level(e), e.SerializeToString()) for e in events]
-        result = await self._run(lambda: self._append_sync(rows, checkpoints))
+        result = await self._run(
+            lambda: _unless_disk_full(rows, lambda: self._append_sync(rows, checkpoints))
+        )
         if result.accepted:
             self.appended.set()
         self._publish()
@@ -258,7 +260,9 @@ class Spool:
         if self.overflow_policy == "drop_newest":
             return await self.append(events)
         rows = [(e.id, syslog_level(e), e.SerializeToString()) for e in events]
-        result = await self._run(lambda: self._offer_evicting_sync(rows))
+        result = await self._run(
+            lambda: _unless_disk_full(rows, lambda: self._offer_evicting_sync(rows))
+        )
         if result.accepted:
             self.appended.set()
         self._publish()
@@ -381,17 +385,6 @@ class Spool:
     def _append_sync(
         self, rows: list[_Row], checkpoints: Sequence[FileCheckpoint | None]
     ) -> AppendResult:
-        try:
-            return self._append_within_room(rows, checkpoints)
-        except sqlite3.OperationalError as error:
-            if not _disk_full(error):
-                raise
-            log.error("spool disk full (%s): %d events refused", error, len(rows))
-            return _all_refused(rows, "disk_full")
-
-    def _append_within_room(
-        self, rows: list[_Row], checkpoints: Sequence[FileCheckpoint | None]
-    ) -> AppendResult:
         room, limit = self._room_sync()
         accepted: list[tuple[str, int, int, bytes, int]] = []
         stamp = now_ns()
@@ -410,15 +403,6 @@ class Spool:
         return AppendResult(len(accepted), len(rows) - len(accepted), 0, dict(refused), limit)
 
     def _offer_evicting_sync(self, rows: list[_Row]) -> AppendResult:
-        try:
-            return self._offer_evicting_within_room(rows)
-        except sqlite3.OperationalError as error:
-            if not _disk_full(error):
-                raise
-            log.error("spool disk full (%s): %d events refused", error, len(rows))
-            return _all_refused(rows, "disk_full")
-
-    def _offer_evicting_within_room(self, rows: list[_Row]) -> AppendResult:
         room, limit = self._room_sync()
         stamp = now_ns()
         ours: dict[int, int] = {}  # rowid -> size of the events this call inserted
@@ -659,8 +643,16 @@ def _free_disk_bytes(directory: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-def _disk_full(error: sqlite3.OperationalError) -> bool:
-    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+def _unless_disk_full(rows: Sequence[_Row], store: Callable[[], AppendResult]) -> AppendResult:
+    """``store()``, or every row refused as ``disk_full`` if SQLite found the disk full (the
+    reserve keeps it from happening unless something else fills the disk)."""
+    try:
+        return store()
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            raise
+        log.error("spool disk full (%s): %d events refused", error, len(rows))
+        return _all_refused(rows, "disk_full")
 
 
 def _all_refused(rows: Sequence[_Row], reason: str) -> AppendResult:

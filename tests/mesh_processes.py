@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +26,9 @@ from mesh.config import TlsConfig
 from mesh.health import is_serving
 
 START_TIMEOUT_S = 30.0
+# How long a fault test waits for the spool to drain into storage after the fault healed.
+DRAIN_TIMEOUT_S = 90
+FAST_RECONNECT = {"agent": {"shipper": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0}}}
 
 
 @dataclass
@@ -163,3 +169,37 @@ async def wait_for_all(
             return counts
         await asyncio.sleep(0.5)
     return counts
+
+
+def udp_receive_buffer_errors() -> int:
+    """The kernel's count of UDP datagrams dropped because a socket buffer was full."""
+    lines = Path("/proc/net/snmp").read_text().splitlines()
+    header, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
+    return int(values[header.index("RcvbufErrors")])
+
+
+def assert_exactly_once(sent: list[str], stored: Counter[str], mesh: MeshProcesses) -> None:
+    missing = [m for m in sent if m not in stored]
+    doubled = {m: n for m, n in stored.items() if n > 1}
+    extra = set(stored) - set(sent)
+    report = (
+        f"sent {len(sent)}, agent received {received_by_agent(mesh):.0f}, "
+        f"stored {len(stored)}, missing {len(missing)}; kernel UDP buffer drops so far "
+        f"{udp_receive_buffer_errors()}"
+    )
+    assert not missing, f"{report}; first missing {missing[:3]}\n{mesh.log_tail('agent')}"
+    assert not doubled, f"{report}; doubled {list(doubled.items())[:3]}"
+    assert not extra, f"{report}; unexpected {list(extra)[:3]}"
+
+
+def agent_metric(mesh: MeshProcesses, name: str, labels: str) -> float:
+    """One sample of the agent's Prometheus endpoint, e.g. ``name{labels}``; 0 if absent."""
+    url = f"http://127.0.0.1:{ports_for('agent', mesh.port_base).metrics}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def received_by_agent(mesh: MeshProcesses) -> float:
+    return agent_metric(mesh, "edgebot_messages_received_total", 'input="syslog_udp"')

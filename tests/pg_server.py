@@ -237,11 +237,18 @@ class PgServer:
         return PgSchema(self.dsn(TEST_DATABASE), f"test_{uuid.uuid4().hex}")
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
+@contextlib.contextmanager
+def running_server() -> Iterator[PgServer]:
+    """A fresh server in a temp dir, started, and removed (data and all) afterwards."""
     server = PgServer.create()
     try:
         server.start()
         yield server
     finally:
         server.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    with running_server() as server:
+        yield server

@@ -23,6 +23,7 @@ from anomaly_svc.export.spec import (
     Report,
     State,
 )
+from anomaly_svc.sqlite import open_database
 from gen.edgebot.v1 import storage_pb2
 
 SCHEMA = """
@@ -113,12 +114,7 @@ class ExportRegistry:
         return self._db
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        self._db.row_factory = sqlite3.Row
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.executescript(SCHEMA)
+        self._db = await open_database(self.path, SCHEMA, "foreign_keys=ON")
         await self._db.commit()
 
     async def close(self) -> None:

@@ -8,23 +8,27 @@ counts every line in storage.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from mesh_processes import MeshProcesses, send_numbered, wait_for_all
+from mesh_processes import (
+    DRAIN_TIMEOUT_S,
+    FAST_RECONNECT,
+    MeshProcesses,
+    assert_exactly_once,
+    received_by_agent,
+    send_numbered,
+    wait_for_all,
+)
 from support import free_port_base, free_udp_port
 
-from edgebot.layout import StateDir, ports_for
+from edgebot.layout import StateDir
 
 pytestmark = pytest.mark.slow
-DRAIN_TIMEOUT_S = 90
-FAST_RECONNECT = {"agent": {"shipper": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0}}}
 
 
 @pytest.fixture
@@ -36,35 +40,6 @@ async def mesh(tmp_path: Path) -> AsyncIterator[MeshProcesses]:
         yield processes
     finally:
         processes.stop_all()
-
-
-def udp_receive_buffer_errors() -> int:
-    """The kernel's count of UDP datagrams dropped because a socket buffer was full."""
-    lines = Path("/proc/net/snmp").read_text().splitlines()
-    header, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
-    return int(values[header.index("RcvbufErrors")])
-
-
-def assert_exactly_once(sent: list[str], stored: Counter[str], mesh: MeshProcesses) -> None:
-    missing = [m for m in sent if m not in stored]
-    doubled = {m: n for m, n in stored.items() if n > 1}
-    extra = set(stored) - set(sent)
-    report = (
-        f"sent {len(sent)}, agent received {received_by_agent(mesh):.0f}, "
-        f"stored {len(stored)}, missing {len(missing)}; kernel UDP buffer drops so far "
-        f"{udp_receive_buffer_errors()}"
-    )
-    assert not missing, f"{report}; first missing {missing[:3]}\n{mesh.log_tail('agent')}"
-    assert not doubled, f"{report}; doubled {list(doubled.items())[:3]}"
-    assert not extra, f"{report}; unexpected {list(extra)[:3]}"
-
-
-def received_by_agent(mesh: MeshProcesses) -> float:
-    url = f"http://127.0.0.1:{ports_for('agent', mesh.port_base).metrics}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(r'^edgebot_messages_received_total\{input="syslog_udp"\} (\S+)$', text, re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 @pytest.mark.parametrize("victim", ["ingest", "pipeline", "storage"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from mesh_processes import MeshProcesses, wait_for_all
+from mesh_processes import DRAIN_TIMEOUT_S, MeshProcesses, wait_for_all
 from nats_server import NatsServer, nats_server
 from support import free_port_base, free_udp_port
 
@@ -20,7 +20,6 @@ from edgebot.layout import StateDir
 
 __all__ = ["nats_server"]
 pytestmark = pytest.mark.slow
-DRAIN_TIMEOUT_S = 90
 MESSAGES, RATE_PER_S = 1500, 500
 
 

@@ -12,10 +12,16 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from mesh_processes import MeshProcesses, send_numbered, wait_for_all
-from pg_server import TEST_DATABASE, PgServer
+from mesh_processes import (
+    DRAIN_TIMEOUT_S,
+    FAST_RECONNECT,
+    MeshProcesses,
+    assert_exactly_once,
+    send_numbered,
+    wait_for_all,
+)
+from pg_server import TEST_DATABASE, PgServer, running_server
 from support import free_port_base, free_udp_port
-from test_fault_kill import DRAIN_TIMEOUT_S, FAST_RECONNECT, assert_exactly_once
 
 from edgebot.layout import StateDir
 
@@ -25,12 +31,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PgServer]:
     """A private server: these tests stop and kill it."""
-    server = PgServer.create()
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture

@@ -14,7 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from mesh_processes import MeshProcesses, send_numbered, wait_for_all
+from mesh_processes import (
+    DRAIN_TIMEOUT_S,
+    FAST_RECONNECT,
+    MeshProcesses,
+    send_numbered,
+    wait_for_all,
+)
 from nats_server import NatsServer
 from support import free_port_base, free_udp_port
 
@@ -23,9 +29,7 @@ from gen.edgebot.v1 import storage_pb2, storage_pb2_grpc
 from mesh.channel import open_channel
 
 pytestmark = pytest.mark.slow
-DRAIN_TIMEOUT_S = 90
 STREAM = "EDGEBOT_EVENTS"
-FAST_RECONNECT = {"agent": {"shipper": {"backoff_initial_s": 0.2, "backoff_max_s": 1.0}}}
 
 
 @pytest.fixture

@@ -10,19 +10,17 @@ equal lines sent, exactly.
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import subprocess
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from mesh_processes import MeshProcesses, send_numbered, wait_for_all
+from mesh_processes import MeshProcesses, agent_metric, send_numbered, wait_for_all
 from support import free_port_base, free_udp_port
 
-from edgebot.layout import StateDir, ports_for
+from edgebot.layout import StateDir
 
 pytestmark = pytest.mark.slow
 DISK_BYTES = 24 * 1024 * 1024
@@ -62,14 +60,6 @@ async def mesh(tmp_path: Path, small_disk: Path) -> AsyncIterator[MeshProcesses]
         processes.stop_all()
 
 
-def agent_counter(mesh: MeshProcesses, name: str, labels: str) -> float:
-    url = f"http://127.0.0.1:{ports_for('agent', mesh.port_base).metrics}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name}\{{{re.escape(labels)}\}} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
-
-
 async def test_full_disk_refuses_counted_lines_and_the_spool_still_drains(
     mesh: MeshProcesses, small_disk: Path
 ) -> None:
@@ -78,7 +68,7 @@ async def test_full_disk_refuses_counted_lines_and_the_spool_still_drains(
     sent = await send_numbered(mesh.syslog_port, f"{marker} {PADDING}", 6000, 1500)
 
     def received() -> float:
-        return agent_counter(mesh, "edgebot_messages_received_total", 'input="syslog_udp"')
+        return agent_metric(mesh, "edgebot_messages_received_total", 'input="syslog_udp"')
 
     for _ in range(100):
         if await asyncio.to_thread(received) >= len(sent):
@@ -86,11 +76,11 @@ async def test_full_disk_refuses_counted_lines_and_the_spool_still_drains(
         await asyncio.sleep(0.1)
     assert await asyncio.to_thread(received) == len(sent), "the kernel dropped datagrams"
     await asyncio.sleep(0.5)
-    disk_full = agent_counter(mesh, "edgebot_spool_dropped_total", 'reason="disk_full"')
+    disk_full = agent_metric(mesh, "edgebot_spool_dropped_total", 'reason="disk_full"')
     assert disk_full > 0, "the disk never filled"
     for reason in ("error", "evicted", "spool_full", "overflow"):
         labels = f'reason="{reason}"'
-        assert agent_counter(mesh, "edgebot_spool_dropped_total", labels) == 0, reason
+        assert agent_metric(mesh, "edgebot_spool_dropped_total", labels) == 0, reason
 
     await mesh.start_and_wait("ingest")
     expected = len(sent) - int(disk_full)

@@ -11,7 +11,7 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pg_server import PgSchema, PgServer, free_tcp_port
+from pg_server import PgSchema, PgServer, free_tcp_port, running_server
 from storage_helpers import StorageClients, events, start_storage, storage_config, write_request
 from support import Pki, secure_channel
 
@@ -27,12 +27,8 @@ BIG_BATCH = 30_000
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[PgServer]:
     """A server of this module's own, which its tests may kill without hurting others."""
-    server = PgServer.create()
-    try:
-        server.start()
+    with running_server() as server:
         yield server
-    finally:
-        server.remove()
 
 
 @pytest.fixture
