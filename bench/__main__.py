@@ -52,6 +52,10 @@ def parser() -> argparse.ArgumentParser:
         help="PostgreSQL with fsync and full_page_writes (durable commits)")  # fmt: skip
     add("--profile", action="store_true", help="py-spy every service in an extra sustained run")
     add("--profile-seconds", type=float, default=30.0, help="longest py-spy recording")
+    add("--profile-rate", type=float, default=None,
+        help="profile a run at this offered rate (for --seconds), not a backlog")  # fmt: skip
+    add("--set", action="append", default=[], metavar="SERVICE.SECTION.KEY=VALUE",
+        help="override a mothership setting, e.g. ingest.ingest.max_pipeline_calls=1")  # fmt: skip
     add("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add("--out", type=Path, default=RESULTS, help="where the JSON, PNG and profiles go")
     add("--keep", action="store_true", help="keep the temp dir (configs, logs, spools)")

@@ -14,6 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench import profiling, rsyslog_peer
 from bench.corpus import load_templates, stream
 from bench.edge import measure_edge
@@ -48,13 +50,29 @@ async def with_mothership(
 ) -> Mothership:  # fmt: skip
     store = await prepared_schema(server)
     directory = Path(tempfile.mkdtemp(prefix="mothership-", dir=work))
-    mothership = Mothership(directory, pki, store, ingests, pipelines, args.log_level)
+    mothership = Mothership(
+        directory, pki, store, ingests, pipelines, args.log_level, overrides(args.set)
+    )
     try:
         await mothership.start()
     except BaseException:
         mothership.stop()
         raise
     return mothership
+
+
+def overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set storage.postgres.max_concurrent_writes=1`` as {kind: {section: {key: value}}}
+    (values parsed as YAML)."""
+    found: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        path, separator, text = setting.partition("=")
+        parts = path.split(".")
+        if not separator or len(parts) != 3:
+            raise SystemExit(f"bench: --set {setting!r}: expected SERVICE.SECTION.KEY=VALUE")
+        kind, section, key = parts
+        found.setdefault(kind, {}).setdefault(section, {})[key] = yaml.safe_load(text)
+    return found
 
 
 async def run_endtoend(
@@ -85,12 +103,17 @@ async def run_endtoend(
 async def profile_hops(
     args: argparse.Namespace, mothership: Mothership, server: PgServer, fleet: Fleet
 ) -> dict[str, Any]:
-    """A second sustained run with py-spy sampling every service; top frames per hop."""
+    """A second run with py-spy sampling every service, a backlog or at ``--profile-rate``
+    offered; top frames per hop."""
     targets = {s.role: s.process.pid for s in mothership.services}
     out = Path(args.out) / "profiles"
     recorder = profiling.recording(targets, out, args.profile_seconds)
-    specs = fleet.specs(mothership.ingest_addresses, "backlog", events=args.events)
-    await run_phase("profiled", mothership, server, specs, None, during=recorder)
+    rate = args.profile_rate
+    if rate is None:
+        specs = fleet.specs(mothership.ingest_addresses, "backlog", events=args.events)
+    else:
+        specs = fleet.specs(mothership.ingest_addresses, "rate", rate=rate, seconds=args.seconds)
+    await run_phase("profiled", mothership, server, specs, rate, during=recorder)
     return profiling.summaries(out, targets)
 
 

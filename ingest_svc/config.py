@@ -23,6 +23,21 @@ class IngestSection(Section):
     max_inflight_batches: int = Field(
         256, ge=1, description="Batches processed at once over all streams; bounds memory."
     )
+    max_pipeline_calls: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Pipeline Process calls in flight at once. Batches arriving while all "
+        "are busy wait, and the next call carries every waiting batch (up to "
+        "max_pipeline_call_events): fewer, larger calls under load, no added wait under "
+        "light load.",
+    )
+    max_pipeline_call_events: int = Field(
+        5_000,
+        ge=1,
+        description="Most events one merged Process call carries; keep it at or below the "
+        "pipeline's max_batch_events. A larger single batch still goes, alone.",
+    )
     max_streams: int = Field(1_000, ge=1, description="Concurrent agent streams.")
     max_streams_per_caller: int = Field(
         4,

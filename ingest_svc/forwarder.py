@@ -23,6 +23,7 @@ from gen.edgebot.v1 import (
     storage_pb2_grpc,
 )
 from ingest_svc import metrics
+from ingest_svc.coalescing import ProcessCoalescer, Processed
 from ingest_svc.validation import CheckedBatch
 from mesh.errors import retry_delay_s
 
@@ -52,20 +53,30 @@ class Delivery:
         return delay
 
 
+@dataclass(frozen=True)
+class ForwardLimits:
+    pipeline_timeout_s: float
+    storage_timeout_s: float
+    default_retry_s: float
+    max_pipeline_calls: int = 4
+    max_pipeline_call_events: int = 5_000
+
+
 class Forwarder:
     def __init__(
         self,
         pipeline: pipeline_pb2_grpc.PipelineServiceAsyncStub,
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
-        pipeline_timeout_s: float,
-        storage_timeout_s: float,
-        default_retry_s: float,
+        limits: ForwardLimits,
     ) -> None:
         self.pipeline = pipeline
         self.storage = storage
-        self.pipeline_timeout_s = pipeline_timeout_s
-        self.storage_timeout_s = storage_timeout_s
-        self.default_retry_s = default_retry_s
+        self.pipeline_timeout_s = limits.pipeline_timeout_s
+        self.storage_timeout_s = limits.storage_timeout_s
+        self.default_retry_s = limits.default_retry_s
+        self.coalescer = ProcessCoalescer(
+            self._call_pipeline, limits.max_pipeline_call_events, limits.max_pipeline_calls
+        )
 
     async def deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
         received = len(batch.events)
@@ -76,13 +87,23 @@ class Forwarder:
             return self._failed(batch, received, error)
         return _delivered(received, checked, processed, written)
 
-    async def _process(
-        self, batch: event_pb2.EventBatch, checked: CheckedBatch
-    ) -> pipeline_pb2.ProcessResponse:
+    async def _process(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Processed:
+        """The pipeline's answer, its indexes turned into positions in ``batch``."""
         if not checked.valid:
-            return pipeline_pb2.ProcessResponse()
-        request = pipeline_pb2.ProcessRequest(batch=_copy_header(batch))
-        request.batch.events.extend(checked.valid)
+            return Processed([], [], [])
+        processed = await self.coalescer.process(_copy_header(batch), checked.valid)
+        if len(checked.valid_index) == len(batch.events):
+            return processed
+        position = checked.valid_index
+        for letter in processed.rejected:
+            letter.error.index = position[letter.error.index]
+        for item in processed.quarantined:
+            item.index = position[item.index]
+        return processed
+
+    async def _call_pipeline(
+        self, request: pipeline_pb2.ProcessRequest
+    ) -> pipeline_pb2.ProcessResponse:
         started = time.perf_counter()
         try:
             return await self.pipeline.Process(request, timeout=self.pipeline_timeout_s)
@@ -93,7 +114,7 @@ class Forwarder:
         self,
         batch: event_pb2.EventBatch,
         checked: CheckedBatch,
-        processed: pipeline_pb2.ProcessResponse,
+        processed: Processed,
     ) -> storage_pb2.WriteResponse:
         request = storage_pb2.WriteRequest(batch=_copy_header(batch))
         request.batch.events.extend(processed.events)
@@ -164,7 +185,7 @@ def _copy_header(batch: event_pb2.EventBatch) -> event_pb2.EventBatch:
 def _delivered(
     received: int,
     checked: CheckedBatch,
-    processed: pipeline_pb2.ProcessResponse,
+    processed: Processed,
     written: storage_pb2.WriteResponse,
 ) -> Delivery:
     errors = list(checked.errors)

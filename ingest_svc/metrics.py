@@ -56,3 +56,9 @@ NATS_CONNECTED = Gauge(
     "mothership_ingestion_nats_connected",
     "1 while the NATS input is connected and its consumer is bound, else 0.",
 )
+PIPELINE_CALL_BATCHES = Histogram(
+    "mothership_ingestion_pipeline_call_batches",
+    "Batches merged into one pipeline Process call (more than 1 only while the calls in "
+    "flight are at ingest.max_pipeline_calls).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)

@@ -25,7 +25,7 @@ from gen.edgebot.v1 import (
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.decoding import Incoming, Problem, decode_push_request, decode_stream_request
-from ingest_svc.forwarder import Delivery, Forwarder
+from ingest_svc.forwarder import Delivery, Forwarder, ForwardLimits
 from ingest_svc.nats_input import NatsInput
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events, hello_problem
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
@@ -502,9 +502,13 @@ class IngestApp:
         forwarder = Forwarder(
             pipeline_pb2_grpc.PipelineServiceStub(pipeline),
             storage_pb2_grpc.StorageServiceStub(storage),
-            config.pipeline.timeout_s,
-            config.storage.timeout_s,
-            config.ingest.retry_delay_s,
+            ForwardLimits(
+                pipeline_timeout_s=config.pipeline.timeout_s,
+                storage_timeout_s=config.storage.timeout_s,
+                default_retry_s=config.ingest.retry_delay_s,
+                max_pipeline_calls=config.ingest.max_pipeline_calls,
+                max_pipeline_call_events=config.ingest.max_pipeline_call_events,
+            ),
         )
         self.servicer.forwarder = forwarder
         if config.nats.enabled:

@@ -16,6 +16,8 @@ class CheckedBatch:
     """The events that may go on, and per-event errors (with the refused events)."""
 
     valid: list[event_pb2.Event] = field(default_factory=list)
+    valid_index: list[int] = field(default_factory=list)
+    """The position in the batch of each valid event."""
     errors: list[event_pb2.EventError] = field(default_factory=list)
     dead_letters: list[event_pb2.DeadLetter] = field(default_factory=list)
 
@@ -53,6 +55,7 @@ def check_events(
             problem = event_problem(event, limits)
         if problem is None:
             checked.valid.append(event)
+            checked.valid_index.append(index)
             continue
         field_name, reason = problem
         error = event_pb2.EventError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mesh.config import Section, ServiceConfig
 from storage_svc.sinks_config import EntitiesSinkSection, SinkSection
@@ -52,6 +52,19 @@ class PostgresSection(Section):
     )
     pool_min_size: int = Field(1, ge=0, description="Connections kept open in the pool.")
     pool_max_size: int = Field(8, ge=1, description="Most connections the pool opens.")
+    max_concurrent_writes: int = Field(
+        2,
+        ge=1,
+        description="Write transactions in flight at once (at most pool_max_size). Batches "
+        "arriving while all are busy wait and are committed together, each under its own "
+        "ledger entry, in the next transaction (group commit).",
+    )
+    max_group_events: int = Field(
+        20_000,
+        ge=1,
+        description="Most events one group-commit transaction carries; a larger single "
+        "batch still goes, alone.",
+    )
     connect_timeout_s: float = Field(
         10.0, gt=0, description="How long opening one connection may take."
     )
@@ -89,6 +102,15 @@ class PostgresSection(Section):
         if smallest is not None and value < smallest:
             raise ValueError(f"must not be below postgres.pool_min_size ({smallest})")
         return value
+
+    @model_validator(mode="after")
+    def _pool_holds_the_writes(self) -> PostgresSection:
+        if self.max_concurrent_writes > self.pool_max_size:
+            raise ValueError(
+                f"max_concurrent_writes ({self.max_concurrent_writes}) must not exceed "
+                f"pool_max_size ({self.pool_max_size})"
+            )
+        return self
 
 
 class QuerySection(Section):

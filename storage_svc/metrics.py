@@ -1,6 +1,6 @@
 """Storage metrics, named as the original mothership named them where it had them."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 DATABASE_WRITES = Counter(
     "mothership_database_writes_total",
@@ -27,4 +27,10 @@ OUTBOX_DROPPED = Counter(
     "Events a secondary sink will never get: reason full (the outbox reached max_events "
     "and dropped its oldest) or outbox_error (the outbox file could not be written).",
     ["sink", "reason"],
+)
+GROUP_COMMIT_BATCHES = Histogram(
+    "mothership_database_group_commit_batches",
+    "Batches committed together in one PostgreSQL transaction (more than 1 only while "
+    "postgres.max_concurrent_writes transactions are in flight).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )

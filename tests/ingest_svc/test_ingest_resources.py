@@ -217,7 +217,11 @@ async def test_greedy_and_slow_clients_cannot_exhaust_ingest(
         fds_greedy, rss_greedy = ingest.fds(), ingest.rss_mb()
         active = ingest.metric("mothership_active_connections")
         assert kinds.count("limits") == LIMITS["ingest"]["max_streams"]
-        assert kinds.count("RESOURCE_EXHAUSTED") == GREEDY_STREAMS - kinds.count("limits")
+        # gRPC core may report a hello write racing the refusal as INTERNAL on the client;
+        # ingest's own count says what it answered.
+        refused = GREEDY_STREAMS - kinds.count("limits")
+        assert set(kinds) - {"limits"} <= {"RESOURCE_EXHAUSTED", "INTERNAL"}
+        assert ingest.metric('mothership_ingestion_refused_total{reason="max_streams"}') == refused
         assert active == LIMITS["ingest"]["max_streams"]
 
         # 4. The silent streams are ended by the idle timeout, without the client's help.

@@ -1,0 +1,107 @@
+"""Batches waiting for the pipeline share one Process call (see mesh.coalescing).
+
+The pipeline answers in terms of the merged event list (passed events in input order,
+refusals by index); ``split`` turns that back into one answer per batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import context as otel_context
+
+from gen.edgebot.v1 import event_pb2, pipeline_pb2
+from ingest_svc import metrics
+from mesh.coalescing import Coalescer
+
+ProcessCall = Callable[[pipeline_pb2.ProcessRequest], Awaitable[pipeline_pb2.ProcessResponse]]
+
+
+@dataclass
+class Processed:
+    """The pipeline's answer for one batch: indexes are positions in the events it sent."""
+
+    events: Sequence[event_pb2.Event]
+    rejected: Sequence[event_pb2.DeadLetter]
+    quarantined: Sequence[event_pb2.QuarantinedEvent]
+
+    @classmethod
+    def of(cls, response: pipeline_pb2.ProcessResponse) -> Processed:
+        return cls(response.events, response.rejected, response.quarantined)
+
+
+@dataclass
+class _Request:
+    header: event_pb2.EventBatch
+    events: list[event_pb2.Event]
+    trace: otel_context.Context
+
+
+class ProcessCoalescer:
+    def __init__(self, call: ProcessCall, max_events: int, max_calls: int) -> None:
+        self.call = call
+        self.coalescer: Coalescer[_Request, Processed] = Coalescer(
+            self._send, lambda r: len(r.events), max_events, max_calls, _refused_as_a_whole
+        )
+
+    async def process(
+        self, header: event_pb2.EventBatch, events: list[event_pb2.Event]
+    ) -> Processed:
+        """The pipeline's answer for these events alone (indexes relative to ``events``).
+
+        Raises the call's ``grpc.aio.AioRpcError`` when the call carrying them failed."""
+        return await self.coalescer.submit(_Request(header, events, otel_context.get_current()))
+
+    async def _send(self, group: list[_Request]) -> list[Processed]:
+        metrics.PIPELINE_CALL_BATCHES.observe(len(group))
+        request = pipeline_pb2.ProcessRequest(batch=group[0].header)
+        for item in group:
+            request.batch.events.extend(item.events)
+        # The call continues the trace of the first batch it carries.
+        token = otel_context.attach(group[0].trace)
+        try:
+            response = await self.call(request)
+        finally:
+            otel_context.detach(token)
+        if len(group) == 1:
+            return [Processed.of(response)]
+        return split(response, [len(item.events) for item in group])
+
+
+def _refused_as_a_whole(error: BaseException) -> bool:
+    """A merged call the pipeline refused: each batch then gets its own verdict."""
+    return (
+        isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    )
+
+
+def split(response: pipeline_pb2.ProcessResponse, counts: list[int]) -> list[Processed]:
+    """One answer per part of a merged request whose parts held ``counts`` events."""
+    starts = list(itertools.accumulate(counts, initial=0))[:-1]
+    rejected: list[list[event_pb2.DeadLetter]] = [[] for _ in counts]
+    quarantined: list[list[event_pb2.QuarantinedEvent]] = [[] for _ in counts]
+    for letter in response.rejected:
+        part = bisect.bisect_right(starts, letter.error.index) - 1
+        copied = event_pb2.DeadLetter()
+        copied.CopyFrom(letter)
+        copied.error.index -= starts[part]
+        rejected[part].append(copied)
+    for item in response.quarantined:
+        part = bisect.bisect_right(starts, item.index) - 1
+        copied_item = event_pb2.QuarantinedEvent()
+        copied_item.CopyFrom(item)
+        copied_item.index -= starts[part]
+        quarantined[part].append(copied_item)
+    # Passed events come in input order, so each part's are the next ones in the answer.
+    passed = list(response.events)
+    parts = []
+    offset = 0
+    for part, count in enumerate(counts):
+        kept = count - len(rejected[part]) - len(quarantined[part])
+        parts.append(Processed(passed[offset : offset + kept], rejected[part], quarantined[part]))
+        offset += kept
+    return parts

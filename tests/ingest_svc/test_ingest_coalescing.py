@@ -1,0 +1,170 @@
+"""Batches waiting for the pipeline share one Process call, and each still gets its own
+answer: its passed events, and its refusals at its own positions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from inprocess_mesh import AgentStream, Mothership, make_batch, make_event, stored_ids
+from inprocess_mesh import mothership as inprocess_mothership
+from support import Pki, make_config, secure_channel
+
+from gen.edgebot.v1 import event_pb2, ingest_pb2, pipeline_pb2, pipeline_pb2_grpc
+from ingest_svc.coalescing import ProcessCoalescer, Processed
+from mesh.app import running
+from mesh.timeutil import ns_to_ts
+from pipeline_svc import PipelineServiceConfig
+from pipeline_svc import build as build_pipeline
+
+YEAR_1990_NS = 631_152_000 * 1_000_000_000
+
+
+def too_old(message: str) -> event_pb2.Event:
+    """An event the default pipeline refuses (quality_validation: time before 2000)."""
+    event = make_event(message)
+    ns_to_ts(YEAR_1990_NS, event.time)
+    return event
+
+
+class GatedPipeline:
+    """A real pipeline service behind a gate: calls wait until the test opens it."""
+
+    def __init__(self, stub: pipeline_pb2_grpc.PipelineServiceStub) -> None:
+        self.stub = stub
+        self.gate = asyncio.Event()
+        self.requests: list[int] = []
+
+    async def __call__(self, request: pipeline_pb2.ProcessRequest) -> pipeline_pb2.ProcessResponse:
+        self.requests.append(len(request.batch.events))
+        await self.gate.wait()
+        return await self.stub.Process(request, timeout=5)
+
+
+@pytest.fixture
+async def pipeline(pki: Pki) -> AsyncIterator[GatedPipeline]:
+    config = make_config(PipelineServiceConfig, pki, "pipeline", pipeline={"max_batch_events": 6})
+    async with running(build_pipeline(config)) as app:
+        async with secure_channel(app.runtime.ports.grpc, pki.service("ingest")) as channel:
+            yield GatedPipeline(pipeline_pb2_grpc.PipelineServiceStub(channel))
+
+
+def header() -> event_pb2.EventBatch:
+    return event_pb2.EventBatch(batch_id="b", agent_id="site-a", seq=1)
+
+
+async def test_batches_waiting_for_a_busy_pipeline_go_in_one_call(
+    pipeline: GatedPipeline,
+) -> None:
+    coalescer = ProcessCoalescer(pipeline, max_events=6, max_calls=1)
+    first = [make_event("first")]
+    second = [make_event("a"), too_old("old"), make_event("b")]
+    third = [too_old("old too"), make_event("c")]
+    answers = [
+        asyncio.create_task(coalescer.process(header(), events))
+        for events in (first, second, third)
+    ]
+    await asyncio.sleep(0.05)
+    assert pipeline.requests == [1]  # the others wait while the only call is in flight
+    pipeline.gate.set()
+    one, two, three = await asyncio.gather(*answers)
+    assert pipeline.requests == [1, 5]
+    assert [e.message for e in one.events] == ["first"]
+    assert [e.message for e in two.events] == ["a", "b"]
+    assert [(r.error.index, r.error.field) for r in two.rejected] == [(1, "time")]
+    assert [e.message for e in three.events] == ["c"]
+    assert [(r.error.index, r.event.message) for r in three.rejected] == [(0, "old too")]
+
+
+async def test_a_call_never_carries_more_than_max_events(pipeline: GatedPipeline) -> None:
+    coalescer = ProcessCoalescer(pipeline, max_events=4, max_calls=1)
+    sizes = [1, 3, 2, 2, 1]
+    answers = [
+        asyncio.create_task(
+            coalescer.process(header(), [make_event(f"{n}.{i}") for i in range(size)])
+        )
+        for n, size in enumerate(sizes)
+    ]
+    await asyncio.sleep(0.05)
+    pipeline.gate.set()
+    done: list[Processed] = await asyncio.gather(*answers)
+    assert pipeline.requests == [1, 3, 4, 1]  # 3 + 2 would pass 4; 2 + 2 fits, then 1
+    assert [len(answer.events) for answer in done] == sizes
+
+
+async def test_a_merged_call_refused_as_a_whole_is_retried_batch_by_batch(
+    pipeline: GatedPipeline,
+) -> None:
+    # Misconfigured on purpose: merged calls of 8 exceed the pipeline's limit of 6.
+    coalescer = ProcessCoalescer(pipeline, max_events=8, max_calls=1)
+    batches = [[make_event(f"{n}.{i}") for i in range(4)] for n in range(3)]
+    answers = [asyncio.create_task(coalescer.process(header(), b)) for b in batches]
+    await asyncio.sleep(0.05)
+    pipeline.gate.set()
+    done = await asyncio.gather(*answers)
+    assert pipeline.requests == [4, 8, 4, 4]
+    assert [[e.message for e in a.events] for a in done] == [
+        [e.message for e in b] for b in batches
+    ]
+
+
+async def test_a_single_batch_the_pipeline_refuses_gets_the_refusal(
+    pipeline: GatedPipeline,
+) -> None:
+    coalescer = ProcessCoalescer(pipeline, max_events=100, max_calls=1)
+    pipeline.gate.set()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await coalescer.process(header(), [make_event(str(i)) for i in range(7)])
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+async def mothership(pki: Pki, tmp_path: Path) -> AsyncIterator[Mothership]:
+    async with inprocess_mothership(pki, tmp_path, ingest={"max_pipeline_calls": 1}) as mesh:
+        yield mesh
+
+
+async def test_errors_name_positions_in_the_batch_the_agent_sent(
+    mothership: Mothership, pki: Pki
+) -> None:
+    no_id = make_event("no id")
+    no_id.id = ""
+    fine = [make_event("fine"), make_event("also fine")]
+    batch = make_batch("site-a", [no_id, fine[0], too_old("1990"), fine[1]])
+    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+        stream = AgentStream(ch)
+        await stream.hello("site-a")
+        ack = await stream.send(batch)
+        await stream.call.done_writing()
+    assert ack.status == ingest_pb2.ACK_STATUS_PARTIAL
+    # Index 2 is the batch's own position, not the third event the pipeline was sent.
+    assert [(e.index, e.field) for e in ack.errors] == [(0, "id"), (2, "time")]
+    assert sorted(await stored_ids(mothership.storage, pki)) == sorted(e.id for e in fine)
+
+
+async def test_many_streams_through_one_pipeline_call_slot_store_everything_once(
+    mothership: Mothership, pki: Pki
+) -> None:
+    async def agent(name: str, stream_no: int) -> list[ingest_pb2.BatchAck]:
+        async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent(name)) as ch:
+            stream = AgentStream(ch)
+            await stream.hello(name)
+            batches = [
+                make_batch(name, [make_event(f"{name}/{stream_no} {n}.{i}") for i in range(5)])
+                for n in range(1, 5)
+            ]
+            for batch in batches:
+                await stream.call.write(ingest_pb2.StreamRequest(batch=batch))
+            acks = [(await stream.call.read()).ack for _ in batches]
+            await stream.call.done_writing()
+            return acks
+
+    streams = [("site-a", 1), ("site-a", 2), ("site-b", 1), ("site-b", 2)]
+    acks = await asyncio.gather(*(agent(name, n) for name, n in streams))
+    every_ack = [ack for stream_acks in acks for ack in stream_acks]
+    assert all(a.status == ingest_pb2.ACK_STATUS_OK and a.accepted == 5 for a in every_ack)
+    stored = await stored_ids(mothership.storage, pki)
+    assert len(stored) == len(set(stored)) == 4 * 4 * 5
