@@ -50,8 +50,6 @@ class Coalescer(Generic[Item, Answer]):
         self.alone_on = alone_on
         self.waiting: list[_Waiting[Item, Answer]] = []
         self.calls: set[asyncio.Task[None]] = set()
-        self.groups = 0
-        self.grouped_items = 0
 
     async def submit(self, item: Item) -> Answer:
         """``item``'s own answer, or the error of the call that carried it."""
@@ -87,8 +85,6 @@ class Coalescer(Generic[Item, Answer]):
         return group
 
     async def _carry(self, group: list[_Waiting[Item, Answer]]) -> None:
-        self.groups += 1
-        self.grouped_items += len(group)
         try:
             answers = await self.send([w.item for w in group])
         except Exception as error:

@@ -103,6 +103,18 @@ class AgentStream:
         return response.ack
 
 
+async def ack_for(
+    mesh: Mothership, pki: Pki, agent_id: str, batch: event_pb2.EventBatch
+) -> ingest_pb2.BatchAck:
+    """The ack of ``batch`` sent alone on a fresh stream of ``agent_id``."""
+    async with secure_channel(mesh.ingest.runtime.ports.grpc, pki.agent(agent_id)) as ch:
+        stream = AgentStream(ch)
+        await stream.hello(agent_id)
+        ack = await stream.send(batch)
+        await stream.call.done_writing()
+    return ack
+
+
 async def stored_ids(storage: App, pki: Pki) -> list[str]:
     async with secure_channel(storage.runtime.ports.grpc, pki.operator()) as channel:
         stub = storage_pb2_grpc.StorageServiceStub(channel)

@@ -11,6 +11,7 @@ import pytest
 from inprocess_mesh import (
     AgentStream,
     Mothership,
+    ack_for,
     make_batch,
     make_event,
     storage_app,
@@ -95,11 +96,7 @@ async def test_malformed_events_get_errors_and_the_rest_is_stored(
     no_id.id = ""
     huge = make_event("x" * 70_000)
     batch = make_batch("site-a", [good[0], no_id, huge, good[1]])
-    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
-        stream = AgentStream(ch)
-        await stream.hello("site-a")
-        ack = await stream.send(batch)
-        await stream.call.done_writing()
+    ack = await ack_for(mothership, pki, "site-a", batch)
     assert ack.status == ingest_pb2.ACK_STATUS_PARTIAL
     assert ack.accepted == 2
     assert [(e.index, e.field) for e in ack.errors] == [(1, "id"), (2, "message")]
@@ -109,11 +106,7 @@ async def test_malformed_events_get_errors_and_the_rest_is_stored(
 
 async def test_oversize_batch_is_rejected_with_a_reason(mothership: Mothership, pki: Pki) -> None:
     batch = make_batch("site-a", [make_event(f"e{i}") for i in range(101)])
-    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
-        stream = AgentStream(ch)
-        await stream.hello("site-a")
-        ack = await stream.send(batch)
-        await stream.call.done_writing()
+    ack = await ack_for(mothership, pki, "site-a", batch)
     assert ack.status == ingest_pb2.ACK_STATUS_REJECTED
     assert "batch.events: 101 events exceed the limit of 100" in ack.message
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inprocess_mesh import AgentStream, Mothership, make_batch, make_event, stored_ids
+from inprocess_mesh import AgentStream, Mothership, ack_for, make_batch, make_event, stored_ids
 from inprocess_mesh import mothership as inprocess_mothership
 from support import Pki, make_config, secure_channel
 
@@ -134,11 +134,7 @@ async def test_errors_name_positions_in_the_batch_the_agent_sent(
     no_id.id = ""
     fine = [make_event("fine"), make_event("also fine")]
     batch = make_batch("site-a", [no_id, fine[0], too_old("1990"), fine[1]])
-    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
-        stream = AgentStream(ch)
-        await stream.hello("site-a")
-        ack = await stream.send(batch)
-        await stream.call.done_writing()
+    ack = await ack_for(mothership, pki, "site-a", batch)
     assert ack.status == ingest_pb2.ACK_STATUS_PARTIAL
     # Index 2 is the batch's own position, not the third event the pipeline was sent.
     assert [(e.index, e.field) for e in ack.errors] == [(0, "id"), (2, "time")]
