@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SPIFFE_TRUST_DOMAIN = "edgebot"
+from mesh.identity import SPIFFE_TRUST_DOMAIN
+
 CA_VALIDITY = dt.timedelta(days=3650)
 LEAF_VALIDITY = dt.timedelta(days=825)
 DEFAULT_SERVICE_HOSTS = ("localhost", "127.0.0.1", "::1")

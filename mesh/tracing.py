@@ -8,7 +8,6 @@ from collections.abc import Iterable, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.propagate import set_global_textmap
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -37,7 +36,13 @@ def setup_tracing(config: TracingConfig, service: str) -> TracerProvider | None:
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
-    """OTLP over gRPC without TLS: a collector beside the service (a sidecar or node agent)."""
+    """OTLP over gRPC without TLS: a collector beside the service (a sidecar or node agent).
+
+    Imported here, not at the top: the exporter and its protobuf modules cost every
+    process several MB that only a process exporting spans needs.
+    """
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     exporter: SpanExporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
     return exporter
 

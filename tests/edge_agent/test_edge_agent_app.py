@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from edge_helpers import IngestDouble, IngestServer, agent_config, eventually, limits, ok
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import Pki
@@ -191,3 +194,28 @@ async def test_reload_restarts_only_changed_inputs_and_keeps_the_stream(
     finally:
         await server.stop()
     assert messages(double) == ["after reload", "before reload", "from the new file input"]
+
+
+def test_an_agent_without_polling_inputs_does_not_load_their_libraries(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # Idle RSS is a target (< 80 MB): SNMP, HTTP, serial, certificate-making and OTLP
+    # libraries are loaded only by agents that use them.
+    config = agent_config(pki, tmp_path, ["127.0.0.1:1"], inputs={"syslog_udp": {"port": 0}})
+    config_file = tmp_path / "agent.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edge_agent import build\n"
+        "from edge_agent.config import AgentConfig\n"
+        "from mesh.config import load_config\n"
+        f"build(load_config(AgentConfig, Path({str(config_file)!r}), 'agent', environ={{}}))\n"
+        "heavy = ('pysnmp', 'httpx', 'serial', 'serial_asyncio', 'cryptography',\n"
+        "         'opentelemetry.exporter')\n"
+        "print(sorted({m for m in sys.modules if m.startswith(heavy)}))\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout

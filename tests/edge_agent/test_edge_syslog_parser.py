@@ -301,6 +301,24 @@ def test_invalid_utf8_is_replaced_not_refused() -> None:
     assert event.message == "caf\ufffd \ufffd"
 
 
+def test_one_timestamp_read_again_follows_each_arrivals_year_zone_and_fraction() -> None:
+    # Times are computed once per distinct second and zone; a repeat must still be read
+    # against its own arrival (year, zone) and keep its own fraction.
+    line = b"<13>Dec 31 23:59:58 host app: late"
+
+    def read(data: bytes, received: Received) -> str:
+        return ns_to_iso(ts_to_ns(parse_syslog(data, received).time))
+
+    assert read(line, received_at("2024-12-31T23:59:59Z")) == "2024-12-31T23:59:58.000000Z"
+    assert read(line, received_at("2025-01-01T00:00:05Z")) == "2024-12-31T23:59:58.000000Z"
+    assert read(line, received_at("2026-03-01T00:00:00Z")) == "2025-12-31T23:59:58.000000Z"
+    berlin = received_at("2026-03-01T00:00:00Z", "Europe/Berlin")
+    assert read(line, berlin) == "2025-12-31T22:59:58.000000Z"
+    fraction = b"<13>Dec 31 23:59:58.25 host app: late"
+    assert read(fraction, berlin) == "2025-12-31T22:59:58.250000Z"
+    assert parse_syslog(b"<13>Feb 30 10:00:00 host app: x", berlin).type == "raw"
+
+
 def _sample_lines() -> list[bytes]:
     files = [DATA / "loghub/Linux/Linux_2k.log", DATA / "loghub/OpenSSH/OpenSSH_2k.log"]
     files += sorted((DATA / "samples").glob("*/*.log"))
