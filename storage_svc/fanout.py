@@ -332,3 +332,9 @@ class FanOut:
                 await self.refresh()
             except (OutboxError, SinkError) as exc:
                 log.warning("outbox monitor: %s", exc)
+            except Exception:
+                # A monitor that died would freeze the gauges and the sinks' health entries.
+                log.exception(
+                    "outbox monitor: unexpected error; next pass in %ss",
+                    self.config.stats_interval_s,
+                )

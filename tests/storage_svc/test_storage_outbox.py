@@ -30,7 +30,7 @@ from storage_svc import StorageApp
 from storage_svc.config import StorageServiceConfig
 from storage_svc.outbox import Outbox
 from storage_svc.server import sink_health_name
-from storage_svc.sinks.base import BatchWrite
+from storage_svc.sinks.base import BatchWrite, Health
 from storage_svc.sinks.sqlite import SqliteSink
 
 STATS = storage_pb2.StorageServiceGetStatsRequest()
@@ -121,12 +121,20 @@ async def test_a_sink_that_is_down_blocks_neither_the_primary_nor_another_sink(
             assert "cannot open" in down.last_error
             assert down.outbox_lag.ToNanoseconds() > 0
 
-            async def broken_not_serving() -> bool:
-                status = await sink_serving(app, pki, "broken")
-                return status == health_pb2.HealthCheckResponse.NOT_SERVING
+            # The health entries follow the sinks at each monitor pass (stats_interval_s),
+            # so both are awaited: one pass may not have run since the healthy sink opened.
+            async def entries_follow_the_sinks() -> bool:
+                return (
+                    await sink_serving(app, pki, "broken"),
+                    await sink_serving(app, pki, "healthy"),
+                ) == (
+                    health_pb2.HealthCheckResponse.NOT_SERVING,
+                    health_pb2.HealthCheckResponse.SERVING,
+                )
 
-            await eventually_async(broken_not_serving, what="NOT_SERVING for the broken sink")
-            assert await sink_serving(app, pki, "healthy") == health_pb2.HealthCheckResponse.SERVING
+            await eventually_async(
+                entries_follow_the_sinks, what="broken NOT_SERVING, healthy SERVING"
+            )
             await eventually(
                 lambda: (
                     (
@@ -148,6 +156,34 @@ async def test_a_sink_that_is_down_blocks_neither_the_primary_nor_another_sink(
     assert REGISTRY.get_sample_value(
         "mothership_database_writes_total", {"sink": "broken", "result": "ok"}
     )
+
+
+async def test_the_sinks_health_entries_keep_following_after_a_failed_report(
+    pki: Pki, db_path: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.write_text("a file where the sink wants its directory")
+    sinks = with_sinks(tmp_path, file_sink(broken, "broken"))
+    async with start_storage(pki, db_path, **sinks) as app:
+        report = app.fanout._on_health
+        assert report is not None
+        failures = []
+
+        async def fails_once(sink: str, health: Health) -> None:
+            if not failures:
+                failures.append(sink)
+                raise RuntimeError("the health servicer is gone")
+            await report(sink, health)
+
+        app.fanout._on_health = fails_once
+        broken.unlink()
+
+        async def broken_serving() -> bool:
+            status = await sink_serving(app, pki, "broken")
+            return status == health_pb2.HealthCheckResponse.SERVING
+
+        await eventually_async(broken_serving, what="SERVING once the sink can open")
+    assert failures == ["broken"]
 
 
 async def test_events_waiting_in_the_outbox_survive_a_restart(
