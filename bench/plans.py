@@ -201,16 +201,23 @@ async def connect(config: PostgresSection) -> asyncpg.Connection:
     return conn
 
 
-async def fill(config: PostgresSection, count: int, end_ns: int, span_ns: int = SPAN_NS) -> Loaded:
+async def fill(
+    config: PostgresSection,
+    count: int,
+    end_ns: int,
+    span_ns: int = SPAN_NS,
+    vacuum: bool = False,
+) -> Loaded:
     """Create the schema by opening the sink, write ``count`` events over the ``span_ns``
-    before the UTC midnight at or before ``end_ns``, ANALYZE (as autovacuum would after
-    such a load)."""
+    before the UTC midnight at or before ``end_ns``, ANALYZE (as autovacuum soon would
+    after such a load); ``vacuum`` also merges the GIN indexes' pending lists, as a later
+    autovacuum would (until then each scan of a GIN index reads its pending list too)."""
     midnight = midnight_utc(end_ns)
     events = await marked_events(count, midnight, span_ns)
     await write_all(config, events)
     conn = await connect(config)
     try:
-        await conn.execute("ANALYZE events")
+        await conn.execute("VACUUM (ANALYZE) events" if vacuum else "ANALYZE events")
     finally:
         await conn.close()
     return loaded_from(events, midnight)

@@ -1,7 +1,7 @@
 """The query plans of selections by attribute and tag, and the indexes they use.
 
 Run: .venv/bin/python -m bench.query_plans [--events 200000] [--hours 48] [--calls 10]
-     [--analyze-rounds 10]
+     [--vacuum] [--analyze-rounds 10]
 
 Starts its own throwaway PostgreSQL (the test suite's tests/pg_server.py), fills
 ``events`` through the storage sink's own Write path with realistic syslog spread over
@@ -152,10 +152,11 @@ async def main(args: argparse.Namespace) -> None:
         store = server.fresh_schema()
         config = PostgresSection(dsn=store.dsn, schema_name=store.schema)
         started = time.perf_counter()
-        loaded = await fill(config, args.events, now_ns(), args.hours * HOUR_NS)
+        loaded = await fill(config, args.events, now_ns(), args.hours * HOUR_NS, args.vacuum)
+        then = "VACUUM (ANALYZE)" if args.vacuum else "ANALYZE"
         print(
             f"{await server_version(server)}, {loaded.rows:,} events over {args.hours} h "
-            f"written through PostgresSink.write and ANALYZEd in "
+            f"written through PostgresSink.write, then {then}, in "
             f"{time.perf_counter() - started:.1f} s"
         )
         await show_all(config, loaded, args)
@@ -168,6 +169,11 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=200_000, help="rows written")
     parser.add_argument("--hours", type=int, default=48, help="time the rows cover, to midnight")
     parser.add_argument("--calls", type=int, default=10, help="QueryEvents calls timed per case")
+    parser.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="VACUUM (ANALYZE) after the load: the GIN pending lists merged, as by autovacuum",
+    )
     parser.add_argument(
         "--analyze-rounds", type=int, default=10, help="ANALYZEs to count plan choices over"
     )
