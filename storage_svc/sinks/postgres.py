@@ -30,7 +30,6 @@ from storage_svc.query import (
     GroupBy,
     PagePosition,
     PageRequest,
-    SortOrder,
 )
 from storage_svc.sinks.base import (
     BatchWrite,
@@ -49,19 +48,21 @@ from storage_svc.sinks.postgres_feed import CommitFeed, notify_channel
 from storage_svc.sinks.postgres_rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
-    GROUP_COLUMNS,
     QUARANTINE_COLUMNS,
     RECORD_ID,
     RECORD_TS,
     SELECT_EVENT,
     Conditions,
     Record,
+    Statement,
+    aggregate_statement,
     dead_letter_records,
     event_record,
+    events_after_statement,
     ns_to_timestamptz,
+    page_statement,
     quarantine_records,
     stored_event,
-    where,
 )
 from storage_svc.sinks.postgres_schema import (
     DAY,
@@ -369,21 +370,7 @@ class PostgresSink:
                 log.warning("postgres maintenance failed, retrying later: %s", exc)
 
     async def query(self, selection: EventFilter, page: PageRequest) -> QueryPage:
-        conditions = where(selection)
-        newest_first = page.order is SortOrder.NEWEST_FIRST
-        direction = "DESC" if newest_first else "ASC"
-        if page.after is not None:
-            after_ts = conditions.param(page.after.ts_ns)
-            after_id = conditions.param(page.after.event_id)
-            conditions.add(
-                f"(ts_ns, event_id) {'<' if newest_first else '>'} ({after_ts}, {after_id})"
-            )
-        limit = conditions.param(page.size + 1)
-        sql = (
-            f"{SELECT_EVENT} WHERE {conditions.sql()} "
-            f"ORDER BY ts_ns {direction}, event_id {direction} LIMIT {limit}"
-        )
-        rows = await self._read(sql, conditions.params)
+        rows = await self._run(page_statement(selection, page))
         events = [stored_event(row).event for row in rows[: page.size]]
         if len(rows) <= page.size:
             return QueryPage(events, None)
@@ -393,25 +380,12 @@ class PostgresSink:
     async def aggregate(
         self, selection: EventFilter, bucket_ns: int, group_by: GroupBy
     ) -> list[BucketCount]:
-        conditions = where(selection)
-        width = conditions.param(bucket_ns)
-        # A true modulo (% truncates toward zero) so times before 1970 align too.
-        bucket = f"ts_ns - ((ts_ns % {width}) + {width}) % {width}"
-        sql = (
-            f"SELECT {bucket} AS bucket, {GROUP_COLUMNS[group_by]} AS key, COUNT(*) "
-            f"FROM events WHERE {conditions.sql()} GROUP BY bucket, key ORDER BY bucket, key"
-        )
-        rows = await self._read(sql, conditions.params)
+        rows = await self._run(aggregate_statement(selection, bucket_ns, group_by))
         return [BucketCount(start, str(key), count) for start, key, count in rows]
 
     async def events_after(self, seq: int, selection: EventFilter, limit: int) -> list[StoredEvent]:
-        conditions = Conditions()
-        conditions.add(f"seq > {conditions.param(seq)}")
-        where(selection, conditions)
-        sql = (
-            f"{SELECT_EVENT} WHERE {conditions.sql()} ORDER BY seq LIMIT {conditions.param(limit)}"
-        )
-        return [stored_event(row) for row in await self._read(sql, conditions.params)]
+        rows = await self._run(events_after_statement(seq, selection, limit))
+        return [stored_event(row) for row in rows]
 
     async def last_seq(self) -> int:
         rows = await self._read("SELECT COALESCE(MAX(seq), 0) FROM events", [])
@@ -434,6 +408,9 @@ class PostgresSink:
             f"{SELECT_EVENT} WHERE {conditions.sql()} ORDER BY seq LIMIT {conditions.param(limit)}"
         )
         return [stored_event(row).event for row in await self._read(sql, conditions.params)]
+
+    async def _run(self, statement: Statement) -> list[asyncpg.Record]:
+        return await self._read(statement.sql, statement.params)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
         pool = self._open_pool()

@@ -1,16 +1,18 @@
-"""Events to PostgreSQL COPY records and back, and filters to SQL conditions."""
+"""Events to PostgreSQL COPY records and back, filters to SQL conditions, and the SQL
+statements the sink's reads run (built without a connection, so their plans can be shown)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from json.encoder import encode_basestring as _quoted  # the C implementation
 from typing import Any, cast
 
 from gen.edgebot.v1 import event_pb2
 from mesh.timeutil import ns_to_ts, ts_to_ns
-from storage_svc.query import EventFilter, GroupBy, severity_level
+from storage_svc.query import EventFilter, GroupBy, PageRequest, SortOrder, severity_level
 from storage_svc.sinks.base import BatchWrite, StoredEvent
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -171,6 +173,14 @@ def stored_event(row: Sequence[Any]) -> StoredEvent:
     return StoredEvent(seq, event)
 
 
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement and its numbered ($n) parameters, as the sink sends them."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
 class Conditions:
     """SQL conditions joined with AND, and their numbered ($n) parameters."""
 
@@ -187,6 +197,10 @@ class Conditions:
 
     def sql(self) -> str:
         return " AND ".join(self.parts) or "TRUE"
+
+    def statement(self, sql: str) -> Statement:
+        """``sql`` (which placed these conditions and parameters) with the parameters."""
+        return Statement(sql, tuple(self.params))
 
 
 def where(selection: EventFilter, conditions: Conditions | None = None) -> Conditions:
@@ -214,3 +228,42 @@ def where(selection: EventFilter, conditions: Conditions | None = None) -> Condi
         if wanted:
             found.add(f"{column} @> {found.param(_json(wanted))}::jsonb")
     return found
+
+
+def page_statement(selection: EventFilter, page: PageRequest) -> Statement:
+    """One page of the selected events in (time, id) order, and one more row that tells
+    whether another page follows."""
+    conditions = where(selection)
+    newest_first = page.order is SortOrder.NEWEST_FIRST
+    direction = "DESC" if newest_first else "ASC"
+    if page.after is not None:
+        after_ts = conditions.param(page.after.ts_ns)
+        after_id = conditions.param(page.after.event_id)
+        conditions.add(f"(ts_ns, event_id) {'<' if newest_first else '>'} ({after_ts}, {after_id})")
+    limit = conditions.param(page.size + 1)
+    return conditions.statement(
+        f"{SELECT_EVENT} WHERE {conditions.sql()} "
+        f"ORDER BY ts_ns {direction}, event_id {direction} LIMIT {limit}"
+    )
+
+
+def aggregate_statement(selection: EventFilter, bucket_ns: int, group_by: GroupBy) -> Statement:
+    """Counts of the selected events per time bucket and group, rows (bucket, key, count)."""
+    conditions = where(selection)
+    width = conditions.param(bucket_ns)
+    # A true modulo (% truncates toward zero) so times before 1970 align too.
+    bucket = f"ts_ns - ((ts_ns % {width}) + {width}) % {width}"
+    return conditions.statement(
+        f"SELECT {bucket} AS bucket, {GROUP_COLUMNS[group_by]} AS key, COUNT(*) "
+        f"FROM events WHERE {conditions.sql()} GROUP BY bucket, key ORDER BY bucket, key"
+    )
+
+
+def events_after_statement(seq: int, selection: EventFilter, limit: int) -> Statement:
+    """The first ``limit`` selected events stored after ``seq``, in seq order."""
+    conditions = Conditions()
+    conditions.add(f"seq > {conditions.param(seq)}")
+    where(selection, conditions)
+    return conditions.statement(
+        f"{SELECT_EVENT} WHERE {conditions.sql()} ORDER BY seq LIMIT {conditions.param(limit)}"
+    )
