@@ -413,9 +413,19 @@ class PostgresSink:
         return await self._read(statement.sql, statement.params)
 
     async def _read(self, sql: str, params: Sequence[Any]) -> list[asyncpg.Record]:
+        """Rows of one read, planned for its own parameters.
+
+        asyncpg prepares every statement once per connection, and after five executions
+        PostgreSQL may keep a generic plan for it. For ``attributes @> $1`` that plan walks
+        the time index and filters every row, so a rare value (the reason to ask) cost
+        seven times the GIN index's plan, growing with the table. Planning each read
+        costs well under a millisecond; the writes keep their cached plans.
+        """
         pool = self._open_pool()
         try:
-            rows: list[asyncpg.Record] = await pool.fetch(sql, *params)
+            async with pool.acquire() as conn, conn.transaction(readonly=True):
+                await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
         except DB_ERRORS as exc:
             raise SinkError(f"postgres read failed: {type(exc).__name__}: {exc}") from exc
         return rows
