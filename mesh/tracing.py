@@ -39,7 +39,7 @@ def _otlp_exporter(endpoint: str) -> SpanExporter:
     """OTLP over gRPC without TLS: a collector beside the service (a sidecar or node agent).
 
     Imported here, not at the top: the exporter and its protobuf modules cost every
-    process several MB that only a process exporting spans needs.
+    process a few MB that only a process exporting spans needs.
     """
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
