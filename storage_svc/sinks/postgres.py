@@ -1,9 +1,11 @@
 """The PostgreSQL primary sink: an asyncpg pool, binary COPY, a batch ledger.
 
-One transaction per batch: claim the batch_id in the ledger (a batch seen before is a
-duplicate and writes nothing), claim the event ids in ``event_ids`` (ids stored before are
-skipped), then COPY the new events, dead letters and quarantined events. Concurrent writers
-of one batch_id or one event id wait on the primary key and then find it taken.
+One transaction per group of batches (group commit): claim the batch_ids in the ledger (a
+batch seen before is a duplicate and writes nothing), claim the event ids in ``event_ids``
+(ids stored before are skipped), then COPY the new events, dead letters and quarantined
+events. A small group without refusals does the same in one call of the schema's
+``store_batches`` function: one round trip instead of seven. Concurrent writers of one
+batch_id or one event id wait on the primary key and then find it taken.
 """
 
 from __future__ import annotations
@@ -86,14 +88,16 @@ DB_ERRORS = (
     OSError,
     TimeoutError,
 )
+# Keys are claimed in sorted order, by every writer (store_batches too): two transactions
+# waiting on each other's uncommitted keys would otherwise deadlock.
 CLAIM_BATCHES = (
     "INSERT INTO batches (batch_id, agent_id, seq, event_count, written, duplicates) "
     "SELECT b, a, s, n, n, 0 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[]) "
-    "AS t(b, a, s, n) ON CONFLICT DO NOTHING RETURNING batch_id"
+    "AS t(b, a, s, n) ORDER BY b ON CONFLICT DO NOTHING RETURNING batch_id"
 )
 CLAIM_EVENT_IDS = (
     "INSERT INTO event_ids (event_id, ts) SELECT * FROM unnest($1::text[], $2::timestamptz[]) "
-    "ON CONFLICT DO NOTHING RETURNING event_id"
+    "AS t(i, ts) ORDER BY i ON CONFLICT DO NOTHING RETURNING event_id"
 )
 # Held from numbering until commit, so commits become visible in seq order (the tail
 # cursor relies on it); taken last, after every row lock, so it cannot deadlock.
@@ -106,6 +110,11 @@ RESERVE_SEQS = (
 ID_COLUMNS = ("event_id", "ts")
 MAX_CLAIMED_BY_INSERT = 256
 """Batches up to this many events claim their ids with one INSERT rather than a COPY."""
+STORE_BATCHES = (
+    "SELECT fresh_writes, kept, last_seq FROM store_batches("
+    + ", ".join(f"${n}" for n in range(1, 21))
+    + ")"
+)
 UPDATE_LEDGER = "UPDATE batches SET written = $1, duplicates = $2 WHERE batch_id = $3"
 TOTALS = """SELECT
     (SELECT COALESCE(SUM(written), 0) FROM batches),
@@ -317,6 +326,8 @@ class PostgresSink:
     async def _commit(self, writes: list[PendingWrite]) -> list[Stored | None]:
         metrics.GROUP_COMMIT_BATCHES.observe(len(writes))
         async with self._open_pool().acquire() as conn:
+            if _stored_by_one_statement(writes):
+                return await _one_statement(conn, writes, self._channel)
             return await _transaction(conn, writes, self._channel)
 
     async def _ensure_partitions(self, pool: asyncpg.Pool, records: list[Record]) -> None:
@@ -469,6 +480,49 @@ async def _transaction(
     return stored
 
 
+def _stored_by_one_statement(writes: list[PendingWrite]) -> bool:
+    """Small groups without refusals go through ``store_batches``: one round trip. A large
+    one is cheaper as COPY, whose extra round trips it amortises."""
+    if sum(len(write.records) for write in writes) > MAX_CLAIMED_BY_INSERT:
+        return False
+    return not any(write.batch.dead_letters or write.batch.quarantined for write in writes)
+
+
+async def _one_statement(
+    conn: asyncpg.Connection, writes: list[PendingWrite], channel: str
+) -> list[Stored | None]:
+    """What ``_transaction`` does, as one call of the ``store_batches`` function."""
+    positions = [n for n, write in enumerate(writes, 1) for _ in write.records]
+    columns = list(zip(*(r for write in writes for r in write.records), strict=True)) or [
+        () for _ in EVENT_COLUMNS[1:]
+    ]
+    batches = [write.batch for write in writes]
+    row = await conn.fetchrow(
+        STORE_BATCHES,
+        [b.batch_id for b in batches],
+        [b.agent_id for b in batches],
+        [b.seq for b in batches],
+        [len(b.events) for b in batches],
+        positions,
+        *columns[:-1],  # the batch id of each event is the write's
+        SEQ_LOCK,
+        channel,
+    )
+    fresh_writes, kept, last = set(row[0]), set(row[1]), row[2]
+    stored: list[Stored | None] = []
+    first = 1
+    for n, write in enumerate(writes, 1):
+        ordinals = range(first, first + len(write.records))
+        first += len(write.records)
+        if n not in fresh_writes:
+            stored.append(None)
+            continue
+        ids = [record[RECORD_ID] for record in write.records]
+        stored_ids = [ids[o - ordinals.start] for o in ordinals if o in kept]
+        stored.append((len(stored_ids), last, frozenset(ids) - frozenset(stored_ids)))
+    return stored
+
+
 async def _account(
     conn: asyncpg.Connection, write: PendingWrite, kept_ids: set[int] | None, last: int
 ) -> Stored:
@@ -512,7 +566,7 @@ async def _claim_new_events(conn: asyncpg.Connection, records: list[Record]) -> 
     """
     if not records:
         return records
-    id_rows = [(record[RECORD_ID], record[RECORD_TS]) for record in records]
+    id_rows = sorted((record[RECORD_ID], record[RECORD_TS]) for record in records)
     if len(records) > MAX_CLAIMED_BY_INSERT:
         try:
             async with conn.transaction():
