@@ -4,7 +4,9 @@ A downstream call (an RPC, a database transaction) has a fixed cost that a reque
 few events cannot amortise. At most ``max_calls`` calls are in flight; a request that
 arrives while they all are waits, and the next call carries every waiting request (up to
 ``max_size`` in total). Nothing waits for a timer: under light load each request still goes
-alone, at once; under load the calls grow instead of queueing.
+alone, at once; under load the calls grow instead of queueing. Requests submitted in the
+same turn of the event loop (the batches of one merged upstream call, say) are grouped
+before the first call starts, so they share it too.
 """
 
 from __future__ import annotations
@@ -50,13 +52,20 @@ class Coalescer(Generic[Item, Answer]):
         self.alone_on = alone_on
         self.waiting: list[_Waiting[Item, Answer]] = []
         self.calls: set[asyncio.Task[None]] = set()
+        self.start_scheduled = False
 
     async def submit(self, item: Item) -> Answer:
         """``item``'s own answer, or the error of the call that carried it."""
         waiting: _Waiting[Item, Answer] = _Waiting(item)
         self.waiting.append(waiting)
-        self._start_calls()
+        if not self.start_scheduled:
+            self.start_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_start)
         return await waiting.answer
+
+    def _scheduled_start(self) -> None:
+        self.start_scheduled = False
+        self._start_calls()
 
     def _start_calls(self) -> None:
         while len(self.calls) < self.max_calls:

@@ -36,10 +36,12 @@ class GatedPipeline:
     def __init__(self, stub: pipeline_pb2_grpc.PipelineServiceStub) -> None:
         self.stub = stub
         self.gate = asyncio.Event()
+        self.called = asyncio.Event()
         self.requests: list[int] = []
 
     async def __call__(self, request: pipeline_pb2.ProcessRequest) -> pipeline_pb2.ProcessResponse:
         self.requests.append(len(request.batch.events))
+        self.called.set()
         await self.gate.wait()
         return await self.stub.Process(request, timeout=5)
 
@@ -56,6 +58,17 @@ def header() -> event_pb2.EventBatch:
     return event_pb2.EventBatch(batch_id="b", agent_id="site-a", seq=1)
 
 
+async def one_in_flight_then_the_rest(
+    pipeline: GatedPipeline, coalescer: ProcessCoalescer, batches: list[list[event_pb2.Event]]
+) -> list[asyncio.Task[Processed]]:
+    """The first batch's call is in flight (held at the gate) before the others arrive."""
+    first = asyncio.create_task(coalescer.process(header(), batches[0]))
+    await pipeline.called.wait()
+    rest = [asyncio.create_task(coalescer.process(header(), b)) for b in batches[1:]]
+    await asyncio.sleep(0.05)
+    return [first, *rest]
+
+
 async def test_batches_waiting_for_a_busy_pipeline_go_in_one_call(
     pipeline: GatedPipeline,
 ) -> None:
@@ -63,11 +76,7 @@ async def test_batches_waiting_for_a_busy_pipeline_go_in_one_call(
     first = [make_event("first")]
     second = [make_event("a"), too_old("old"), make_event("b")]
     third = [too_old("old too"), make_event("c")]
-    answers = [
-        asyncio.create_task(coalescer.process(header(), events))
-        for events in (first, second, third)
-    ]
-    await asyncio.sleep(0.05)
+    answers = await one_in_flight_then_the_rest(pipeline, coalescer, [first, second, third])
     assert pipeline.requests == [1]  # the others wait while the only call is in flight
     pipeline.gate.set()
     one, two, three = await asyncio.gather(*answers)
@@ -79,16 +88,25 @@ async def test_batches_waiting_for_a_busy_pipeline_go_in_one_call(
     assert [(r.error.index, r.event.message) for r in three.rejected] == [(0, "old too")]
 
 
+async def test_batches_submitted_in_one_turn_share_a_call_while_slots_are_free(
+    pipeline: GatedPipeline,
+) -> None:
+    coalescer = ProcessCoalescer(pipeline, max_events=6, max_calls=4)
+    batches = [[make_event(f"{n}.{i}") for i in range(2)] for n in range(3)]
+    answers = [asyncio.create_task(coalescer.process(header(), b)) for b in batches]
+    pipeline.gate.set()
+    done = await asyncio.gather(*answers)
+    assert pipeline.requests == [6]
+    assert [[e.message for e in a.events] for a in done] == [
+        [e.message for e in b] for b in batches
+    ]
+
+
 async def test_a_call_never_carries_more_than_max_events(pipeline: GatedPipeline) -> None:
     coalescer = ProcessCoalescer(pipeline, max_events=4, max_calls=1)
     sizes = [1, 3, 2, 2, 1]
-    answers = [
-        asyncio.create_task(
-            coalescer.process(header(), [make_event(f"{n}.{i}") for i in range(size)])
-        )
-        for n, size in enumerate(sizes)
-    ]
-    await asyncio.sleep(0.05)
+    batches = [[make_event(f"{n}.{i}") for i in range(size)] for n, size in enumerate(sizes)]
+    answers = await one_in_flight_then_the_rest(pipeline, coalescer, batches)
     pipeline.gate.set()
     done: list[Processed] = await asyncio.gather(*answers)
     assert pipeline.requests == [1, 3, 4, 1]  # 3 + 2 would pass 4; 2 + 2 fits, then 1
@@ -101,8 +119,7 @@ async def test_a_merged_call_refused_as_a_whole_is_retried_batch_by_batch(
     # Misconfigured on purpose: merged calls of 8 exceed the pipeline's limit of 6.
     coalescer = ProcessCoalescer(pipeline, max_events=8, max_calls=1)
     batches = [[make_event(f"{n}.{i}") for i in range(4)] for n in range(3)]
-    answers = [asyncio.create_task(coalescer.process(header(), b)) for b in batches]
-    await asyncio.sleep(0.05)
+    answers = await one_in_flight_then_the_rest(pipeline, coalescer, batches)
     pipeline.gate.set()
     done = await asyncio.gather(*answers)
     assert pipeline.requests == [4, 8, 4, 4]
