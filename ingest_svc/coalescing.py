@@ -1,7 +1,9 @@
-"""Batches waiting for the pipeline share one Process call (see mesh.coalescing).
+"""Batches waiting for the pipeline share one Process call, and batches waiting for storage
+one WriteMany call (see mesh.coalescing).
 
 The pipeline answers in terms of the merged event list (passed events in input order,
-refusals by index); ``split`` turns that back into one answer per batch.
+refusals by index); ``split`` turns that back into one answer per batch. WriteMany answers
+each write on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import context as otel_context
 
-from gen.edgebot.v1 import event_pb2, pipeline_pb2
+from gen.edgebot.v1 import event_pb2, pipeline_pb2, storage_pb2
 from ingest_svc import metrics
 from mesh.coalescing import Coalescer
 
 ProcessCall = Callable[[pipeline_pb2.ProcessRequest], Awaitable[pipeline_pb2.ProcessResponse]]
+WriteCall = Callable[[storage_pb2.WriteRequest], Awaitable[storage_pb2.WriteResponse]]
+WriteManyCall = Callable[[storage_pb2.WriteManyRequest], Awaitable[storage_pb2.WriteManyResponse]]
 
 
 @dataclass
@@ -72,10 +76,60 @@ class ProcessCoalescer:
         return split(response, [len(item.events) for item in group])
 
 
+@dataclass
+class _Write:
+    request: storage_pb2.WriteRequest
+    trace: otel_context.Context
+
+
+class WriteCoalescer:
+    """A write alone goes as Write; writes waiting together go as one WriteMany."""
+
+    def __init__(
+        self, write: WriteCall, write_many: WriteManyCall, max_events: int, max_calls: int
+    ) -> None:
+        self.write_one = write
+        self.write_many = write_many
+        self.coalescer: Coalescer[_Write, storage_pb2.WriteResult] = Coalescer(
+            self._send,
+            lambda w: len(w.request.batch.events),
+            max_events,
+            max_calls,
+            _refused_as_a_whole,
+        )
+
+    async def write(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResult:
+        """This write's own result. Raises the call's ``grpc.aio.AioRpcError`` when the
+        call carrying it failed as a whole."""
+        return await self.coalescer.submit(_Write(request, otel_context.get_current()))
+
+    async def _send(self, group: list[_Write]) -> list[storage_pb2.WriteResult]:
+        metrics.STORAGE_CALL_BATCHES.observe(len(group))
+        # The call continues the trace of the first batch it carries.
+        token = otel_context.attach(group[0].trace)
+        try:
+            if len(group) == 1:
+                return [storage_pb2.WriteResult(written=await self.write_one(group[0].request))]
+            many = storage_pb2.WriteManyRequest(writes=[w.request for w in group])
+            response = await self.write_many(many)
+        finally:
+            otel_context.detach(token)
+        if len(response.results) != len(group):
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.INTERNAL,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                f"WriteMany answered {len(response.results)} results for {len(group)} writes",
+            )
+        return list(response.results)
+
+
 def _refused_as_a_whole(error: BaseException) -> bool:
-    """A merged call the pipeline refused: each batch then gets its own verdict."""
-    return (
-        isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    """A merged call refused (or, for WriteMany, unknown to an older storage): each batch
+    then goes alone and gets its own verdict."""
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNIMPLEMENTED,
     )
 
 

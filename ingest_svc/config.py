@@ -38,6 +38,21 @@ class IngestSection(Section):
         description="Most events one merged Process call carries; keep it at or below the "
         "pipeline's max_batch_events. A larger single batch still goes, alone.",
     )
+    max_storage_calls: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Storage write calls in flight at once. Batches arriving while all are "
+        "busy wait, and the next call (WriteMany) carries every waiting batch (up to "
+        "max_storage_call_events), each under its own ledger entry; a batch alone goes as "
+        "Write.",
+    )
+    max_storage_call_events: int = Field(
+        5_000,
+        ge=1,
+        description="Most events one merged WriteMany call carries. A larger single batch "
+        "still goes, alone.",
+    )
     max_streams: int = Field(1_000, ge=1, description="Concurrent agent streams.")
     max_streams_per_caller: int = Field(
         4,

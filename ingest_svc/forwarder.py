@@ -23,12 +23,13 @@ from gen.edgebot.v1 import (
     storage_pb2_grpc,
 )
 from ingest_svc import metrics
-from ingest_svc.coalescing import ProcessCoalescer, Processed
+from ingest_svc.coalescing import ProcessCoalescer, Processed, WriteCoalescer
 from ingest_svc.validation import CheckedBatch
 from mesh.errors import retry_delay_s
 
 log = logging.getLogger(__name__)
 PERMANENT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass
@@ -54,12 +55,32 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class DownstreamError:
+    """A failed call, or one failed write of a WriteMany."""
+
+    code: grpc.StatusCode
+    details: str
+    retry_delay_s: float
+
+    @classmethod
+    def of_call(cls, error: grpc.aio.AioRpcError) -> DownstreamError:
+        return cls(error.code(), error.details() or "", retry_delay_s(error) or 0.0)
+
+    @classmethod
+    def of_write(cls, failure: storage_pb2.WriteFailure) -> DownstreamError:
+        code = STATUS_CODES.get(failure.code, grpc.StatusCode.UNKNOWN)
+        return cls(code, failure.message, failure.retry_delay.ToMilliseconds() / 1000)
+
+
+@dataclass(frozen=True)
 class ForwardLimits:
     pipeline_timeout_s: float
     storage_timeout_s: float
     default_retry_s: float
     max_pipeline_calls: int = 4
     max_pipeline_call_events: int = 5_000
+    max_storage_calls: int = 4
+    max_storage_call_events: int = 5_000
 
 
 class Forwarder:
@@ -77,15 +98,23 @@ class Forwarder:
         self.coalescer = ProcessCoalescer(
             self._call_pipeline, limits.max_pipeline_call_events, limits.max_pipeline_calls
         )
+        self.writes = WriteCoalescer(
+            self._call_write,
+            self._call_write_many,
+            limits.max_storage_call_events,
+            limits.max_storage_calls,
+        )
 
     async def deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
         received = len(batch.events)
         try:
             processed = await self._process(batch, checked)
-            written = await self._write(batch, checked, processed)
+            result = await self._write(batch, checked, processed)
         except grpc.aio.AioRpcError as error:
-            return self._failed(batch, received, error)
-        return _delivered(received, checked, processed, written)
+            return self._failed(batch, received, DownstreamError.of_call(error))
+        if result.HasField("failure"):
+            return self._failed(batch, received, DownstreamError.of_write(result.failure))
+        return _delivered(received, checked, processed, result.written)
 
     async def _process(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Processed:
         """The pipeline's answer, its indexes turned into positions in ``batch``."""
@@ -115,7 +144,7 @@ class Forwarder:
         batch: event_pb2.EventBatch,
         checked: CheckedBatch,
         processed: Processed,
-    ) -> storage_pb2.WriteResponse:
+    ) -> storage_pb2.WriteResult:
         request = storage_pb2.WriteRequest(batch=_copy_header(batch))
         request.batch.events.extend(processed.events)
         request.dead_letters.extend(checked.dead_letters)
@@ -124,9 +153,21 @@ class Forwarder:
             letter.CopyFrom(rejected)
             letter.agent_id, letter.batch_id = batch.agent_id, batch.batch_id
         request.quarantined.extend(processed.quarantined)
+        return await self.writes.write(request)
+
+    async def _call_write(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResponse:
         started = time.perf_counter()
         try:
             return await self.storage.Write(request, timeout=self.storage_timeout_s)
+        finally:
+            metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
+
+    async def _call_write_many(
+        self, request: storage_pb2.WriteManyRequest
+    ) -> storage_pb2.WriteManyResponse:
+        started = time.perf_counter()
+        try:
+            return await self.storage.WriteMany(request, timeout=self.storage_timeout_s)
         finally:
             metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
 
@@ -140,7 +181,7 @@ class Forwarder:
         try:
             written = await self.storage.Write(request, timeout=self.storage_timeout_s)
         except grpc.aio.AioRpcError as error:
-            return self._failed(batch, len(letters), error)
+            return self._failed(batch, len(letters), DownstreamError.of_call(error))
         finally:
             metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
         return Delivery(
@@ -151,28 +192,27 @@ class Forwarder:
         )
 
     def _failed(
-        self, batch: event_pb2.EventBatch, received: int, error: grpc.aio.AioRpcError
+        self, batch: event_pb2.EventBatch, received: int, error: DownstreamError
     ) -> Delivery:
-        code = error.code()
-        if code in PERMANENT_CODES:
-            log.warning("batch %s refused downstream: %s", batch.batch_id, error.details())
+        if error.code in PERMANENT_CODES:
+            log.warning("batch %s refused downstream: %s", batch.batch_id, error.details)
             return Delivery(
                 status=ingest_pb2.ACK_STATUS_REJECTED,
                 received=received,
-                message=f"refused downstream: {error.details()}",
+                message=f"refused downstream: {error.details}",
             )
-        delay = retry_delay_s(error) or self.default_retry_s
+        delay = error.retry_delay_s or self.default_retry_s
         log.warning(
             "batch %s not stored, agent will retry: %s %s",
             batch.batch_id,
-            code.name,
-            error.details(),
+            error.code.name,
+            error.details,
         )
         return Delivery(
             status=ingest_pb2.ACK_STATUS_RETRY,
             received=received,
             retry_delay_s=delay,
-            message=f"downstream {code.name}: {error.details()}",
+            message=f"downstream {error.code.name}: {error.details}",
         )
 
 

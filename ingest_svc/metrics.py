@@ -58,7 +58,14 @@ NATS_CONNECTED = Gauge(
 )
 PIPELINE_CALL_BATCHES = Histogram(
     "mothership_ingestion_pipeline_call_batches",
-    "Batches merged into one pipeline Process call (more than 1 only while the calls in "
-    "flight are at ingest.max_pipeline_calls).",
+    "Batches merged into one pipeline Process call (more than 1 when batches arrive at "
+    "once or wait while the calls in flight are at ingest.max_pipeline_calls).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+STORAGE_CALL_BATCHES = Histogram(
+    "mothership_ingestion_storage_call_batches",
+    "Batches written by one storage call: Write for one, WriteMany for more (more than 1 "
+    "when batches arrive at once or wait while the calls in flight are at "
+    "ingest.max_storage_calls).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )

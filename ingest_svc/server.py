@@ -508,6 +508,8 @@ class IngestApp:
                 default_retry_s=config.ingest.retry_delay_s,
                 max_pipeline_calls=config.ingest.max_pipeline_calls,
                 max_pipeline_call_events=config.ingest.max_pipeline_call_events,
+                max_storage_calls=config.ingest.max_storage_calls,
+                max_storage_call_events=config.ingest.max_storage_call_events,
             ),
         )
         self.servicer.forwarder = forwarder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -75,6 +76,7 @@ POLICY = AccessPolicy(
         method: _CALLERS
         for method in (
             "Write",
+            "WriteMany",
             "QueryEvents",
             "AggregateEvents",
             "TailEvents",
@@ -85,6 +87,7 @@ POLICY = AccessPolicy(
 )
 DEFAULT_BUCKET_NS = 3600 * NS_PER_S
 RETRY_AFTER_S = 1.0
+BATCH_ID_REQUIRED = "required: it is the ledger key for re-sent batches"
 ENTITY_KINDS = {kind: value for value, kind in KINDS.items()}
 RELATIONS = {
     Relation.GENERATED: storage_pb2.ENTITY_RELATION_GENERATED,
@@ -134,13 +137,10 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self, request: storage_pb2.WriteRequest, context: Context
     ) -> storage_pb2.WriteResponse:
         if not request.batch.batch_id:
-            await abort_invalid(
-                context, "batch.batch_id", "required: it is the ledger key for re-sent batches"
-            )
+            await abort_invalid(context, "batch.batch_id", BATCH_ID_REQUIRED)
         try:
-            outcome = await self.fanout.write(_batch_write(request))
+            return await self._written(request)
         except SinkError as exc:
-            metrics.DATABASE_WRITES.labels(self.sink.name, "failed").inc()
             await abort_with_retry(
                 context,
                 grpc.StatusCode.UNAVAILABLE,
@@ -148,6 +148,35 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
                 RETRY_AFTER_S,
                 "STORAGE_WRITE_FAILED",
             )
+
+    async def WriteMany(
+        self, request: storage_pb2.WriteManyRequest, context: Context
+    ) -> storage_pb2.WriteManyResponse:
+        # Together: the primary sink commits the writes that arrive at once in one group.
+        results = await asyncio.gather(
+            *(self._write_result(n, write) for n, write in enumerate(request.writes))
+        )
+        return storage_pb2.WriteManyResponse(results=results)
+
+    async def _write_result(
+        self, position: int, request: storage_pb2.WriteRequest
+    ) -> storage_pb2.WriteResult:
+        if not request.batch.batch_id:
+            return _failure(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"writes[{position}].batch.batch_id: {BATCH_ID_REQUIRED}",
+            )
+        try:
+            return storage_pb2.WriteResult(written=await self._written(request))
+        except SinkError as exc:
+            return _failure(grpc.StatusCode.UNAVAILABLE, str(exc), RETRY_AFTER_S)
+
+    async def _written(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResponse:
+        try:
+            outcome = await self.fanout.write(_batch_write(request))
+        except SinkError:
+            metrics.DATABASE_WRITES.labels(self.sink.name, "failed").inc()
+            raise
         _count_write(self.sink.name, outcome)
         return _write_response(self.sink.name, outcome)
 
@@ -267,6 +296,15 @@ def _entities_response(answer: EntityAnswer) -> storage_pb2.QueryEntitiesRespons
             SortOrder.NEWEST_FIRST, answer.page.next_position
         )
     return response
+
+
+def _failure(
+    code: grpc.StatusCode, message: str, retry_after_s: float = 0.0
+) -> storage_pb2.WriteResult:
+    failure = storage_pb2.WriteFailure(code=code.value[0], message=message)
+    if retry_after_s:
+        failure.retry_delay.FromMilliseconds(int(retry_after_s * 1000))
+    return storage_pb2.WriteResult(failure=failure)
 
 
 def _batch_write(request: storage_pb2.WriteRequest) -> BatchWrite:

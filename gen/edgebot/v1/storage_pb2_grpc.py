@@ -40,6 +40,11 @@ class StorageServiceStub:
                 request_serializer=edgebot_dot_v1_dot_storage__pb2.WriteRequest.SerializeToString,
                 response_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.WriteMany = channel.unary_unary(
+                '/edgebot.v1.StorageService/WriteMany',
+                request_serializer=edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.SerializeToString,
+                response_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.FromString,
+                _registered_method=True)
         self.QueryEvents = channel.unary_unary(
                 '/edgebot.v1.StorageService/QueryEvents',
                 request_serializer=edgebot_dot_v1_dot_storage__pb2.QueryEventsRequest.SerializeToString,
@@ -73,6 +78,15 @@ class StorageServiceServicer:
 
     def Write(self, request, context):
         """Idempotent by batch_id: a batch written before is answered as a duplicate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteMany(self, request, context):
+        """Several batches in one call (ingest merges the batches waiting for storage). Each is
+        written as Write writes it, under its own ledger entry, and has its own result: one
+        write failing fails no other.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +133,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteRequest.FromString,
                     response_serializer=edgebot_dot_v1_dot_storage__pb2.WriteResponse.SerializeToString,
+            ),
+            'WriteMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteMany,
+                    request_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.FromString,
+                    response_serializer=edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.SerializeToString,
             ),
             'QueryEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryEvents,
@@ -174,6 +193,33 @@ class StorageService:
             '/edgebot.v1.StorageService/Write',
             edgebot_dot_v1_dot_storage__pb2.WriteRequest.SerializeToString,
             edgebot_dot_v1_dot_storage__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgebot.v1.StorageService/WriteMany',
+            edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.SerializeToString,
+            edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,11 @@ class StorageServiceStub:
     def __new__(cls, channel: _aio.Channel) -> StorageServiceAsyncStub: ...
     Write: _grpc.UnaryUnaryMultiCallable[_storage_pb2.WriteRequest, _storage_pb2.WriteResponse]
     """Idempotent by batch_id: a batch written before is answered as a duplicate."""
+    WriteMany: _grpc.UnaryUnaryMultiCallable[_storage_pb2.WriteManyRequest, _storage_pb2.WriteManyResponse]
+    """Several batches in one call (ingest merges the batches waiting for storage). Each is
+    written as Write writes it, under its own ledger entry, and has its own result: one
+    write failing fails no other.
+    """
     QueryEvents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryEventsRequest, _storage_pb2.QueryEventsResponse]
     AggregateEvents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.AggregateEventsRequest, _storage_pb2.AggregateEventsResponse]
     TailEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.TailEventsRequest, _storage_pb2.TailEventsResponse]
@@ -53,6 +58,11 @@ class StorageServiceAsyncStub(StorageServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Write: _aio.UnaryUnaryMultiCallable[_storage_pb2.WriteRequest, _storage_pb2.WriteResponse]  # type: ignore[assignment]
     """Idempotent by batch_id: a batch written before is answered as a duplicate."""
+    WriteMany: _aio.UnaryUnaryMultiCallable[_storage_pb2.WriteManyRequest, _storage_pb2.WriteManyResponse]  # type: ignore[assignment]
+    """Several batches in one call (ingest merges the batches waiting for storage). Each is
+    written as Write writes it, under its own ledger entry, and has its own result: one
+    write failing fails no other.
+    """
     QueryEvents: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryEventsRequest, _storage_pb2.QueryEventsResponse]  # type: ignore[assignment]
     AggregateEvents: _aio.UnaryUnaryMultiCallable[_storage_pb2.AggregateEventsRequest, _storage_pb2.AggregateEventsResponse]  # type: ignore[assignment]
     TailEvents: _aio.UnaryStreamMultiCallable[_storage_pb2.TailEventsRequest, _storage_pb2.TailEventsResponse]  # type: ignore[assignment]
@@ -74,6 +84,17 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_storage_pb2.WriteResponse, _abc.Awaitable[_storage_pb2.WriteResponse]]:
         """Idempotent by batch_id: a batch written before is answered as a duplicate."""
+
+    @_abc_1.abstractmethod
+    def WriteMany(
+        self,
+        request: _storage_pb2.WriteManyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_storage_pb2.WriteManyResponse, _abc.Awaitable[_storage_pb2.WriteManyResponse]]:
+        """Several batches in one call (ingest merges the batches waiting for storage). Each is
+        written as Write writes it, under its own ledger entry, and has its own result: one
+        write failing fails no other.
+        """
 
     @_abc_1.abstractmethod
     def QueryEvents(
