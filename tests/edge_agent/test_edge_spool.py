@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,42 @@ async def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
     )
     assert modes == ("wal", 2)
     await spool.close()
+
+
+async def test_accepting_commits_stay_fsynced_after_batches_are_formed_and_acked(
+    tmp_path: Path,
+) -> None:
+    spool = await opened(tmp_path / "s.db")
+    await spool.append([make_event(f"m{i}") for i in range(3)])
+    batch = await spool.form_batch(2, 1 << 20)
+    assert batch is not None
+    await spool.ack(batch.batch_id)
+    synchronous = await spool._run(lambda: spool._conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert synchronous == 2  # FULL: the next append is durable on its own
+    await spool.close()
+
+
+async def test_a_formed_batch_lost_to_a_power_cut_is_formed_again_from_its_events(
+    tmp_path: Path,
+) -> None:
+    """What a power loss can undo (forming is not fsynced): the events come back unbatched
+    and go out in a new batch, whose ids storage then counts as duplicates."""
+    events = [make_event(f"m{i}") for i in range(3)]
+    spool = await opened(tmp_path / "s.db")
+    await spool.append(events)
+    lost = await spool.form_batch(10, 1 << 20)
+    assert lost is not None
+    await spool.close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        db.execute("DELETE FROM batches WHERE batch_id = ?", (lost.batch_id,))
+
+    reopened = await opened(tmp_path / "s.db")
+    assert await reopened.pending_batches() == []
+    again = await reopened.form_batch(10, 1 << 20)
+    assert again is not None
+    assert again.batch_id != lost.batch_id
+    assert [event_pb2.Event.FromString(d) for d in again.events] == events
+    await reopened.close()
 
 
 async def test_quota_refuses_and_counts_drops(tmp_path: Path) -> None:
