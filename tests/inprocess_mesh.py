@@ -115,6 +115,25 @@ async def ack_for(
     return ack
 
 
+async def acks_of_four_batches(
+    mesh: Mothership, pki: Pki, agent_id: str, stream_no: int
+) -> list[ingest_pb2.BatchAck]:
+    """Four batches of five events written on one stream of ``agent_id`` before any ack is
+    read, then their acks."""
+    async with secure_channel(mesh.ingest.runtime.ports.grpc, pki.agent(agent_id)) as channel:
+        stream = AgentStream(channel)
+        await stream.hello(agent_id)
+        batches = [
+            make_batch(agent_id, [make_event(f"{agent_id}/{stream_no} {n}.{i}") for i in range(5)])
+            for n in range(1, 5)
+        ]
+        for batch in batches:
+            await stream.call.write(ingest_pb2.StreamRequest(batch=batch))
+        acks = [(await stream.call.read()).ack for _ in batches]
+        await stream.call.done_writing()
+        return acks
+
+
 async def stored_ids(storage: App, pki: Pki) -> list[str]:
     async with secure_channel(storage.runtime.ports.grpc, pki.operator()) as channel:
         stub = storage_pb2_grpc.StorageServiceStub(channel)

@@ -496,13 +496,9 @@ async def _one_statement(
     columns = list(zip(*(r for write in writes for r in write.records), strict=True)) or [
         () for _ in EVENT_COLUMNS[1:]
     ]
-    batches = [write.batch for write in writes]
     row = await conn.fetchrow(
         STORE_BATCHES,
-        [b.batch_id for b in batches],
-        [b.agent_id for b in batches],
-        [b.seq for b in batches],
-        [len(b.events) for b in batches],
+        *_ledger_columns([write.batch for write in writes]),
         positions,
         *columns[:-1],  # the batch id of each event is the write's
         SEQ_LOCK,
@@ -539,16 +535,20 @@ async def _account(
     return len(kept), last, skipped
 
 
-async def _claim_batches(conn: asyncpg.Connection, batches: list[BatchWrite]) -> list[bool]:
-    """Per batch, whether this transaction put its batch_id in the ledger (a batch_id
-    given twice is claimed by its first write)."""
-    rows = await conn.fetch(
-        CLAIM_BATCHES,
+def _ledger_columns(batches: list[BatchWrite]) -> tuple[list[str], list[str], list[int], list[int]]:
+    """The ledger's batch_id, agent_id, seq and event count columns, one entry per batch."""
+    return (
         [b.batch_id for b in batches],
         [b.agent_id for b in batches],
         [b.seq for b in batches],
         [len(b.events) for b in batches],
     )
+
+
+async def _claim_batches(conn: asyncpg.Connection, batches: list[BatchWrite]) -> list[bool]:
+    """Per batch, whether this transaction put its batch_id in the ledger (a batch_id
+    given twice is claimed by its first write)."""
+    rows = await conn.fetch(CLAIM_BATCHES, *_ledger_columns(batches))
     unclaimed = {row[0] for row in rows}
     claimed = []
     for batch in batches:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inprocess_mesh import AgentStream, Mothership, ack_for, make_batch, make_event, stored_ids
+from inprocess_mesh import (
+    Mothership,
+    ack_for,
+    acks_of_four_batches,
+    make_batch,
+    make_event,
+    stored_ids,
+)
 from inprocess_mesh import mothership as inprocess_mothership
 from support import Pki, make_config, secure_channel
 
@@ -161,22 +168,8 @@ async def test_errors_name_positions_in_the_batch_the_agent_sent(
 async def test_many_streams_through_one_pipeline_call_slot_store_everything_once(
     mothership: Mothership, pki: Pki
 ) -> None:
-    async def agent(name: str, stream_no: int) -> list[ingest_pb2.BatchAck]:
-        async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent(name)) as ch:
-            stream = AgentStream(ch)
-            await stream.hello(name)
-            batches = [
-                make_batch(name, [make_event(f"{name}/{stream_no} {n}.{i}") for i in range(5)])
-                for n in range(1, 5)
-            ]
-            for batch in batches:
-                await stream.call.write(ingest_pb2.StreamRequest(batch=batch))
-            acks = [(await stream.call.read()).ack for _ in batches]
-            await stream.call.done_writing()
-            return acks
-
     streams = [("site-a", 1), ("site-a", 2), ("site-b", 1), ("site-b", 2)]
-    acks = await asyncio.gather(*(agent(name, n) for name, n in streams))
+    acks = await asyncio.gather(*(acks_of_four_batches(mothership, pki, *s) for s in streams))
     every_ack = [ack for stream_acks in acks for ack in stream_acks]
     assert all(a.status == ingest_pb2.ACK_STATUS_OK and a.accepted == 5 for a in every_ack)
     stored = await stored_ids(mothership.storage, pki)

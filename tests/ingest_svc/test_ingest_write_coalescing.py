@@ -9,7 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from inprocess_mesh import AgentStream, Mothership, make_batch, make_event, stored_ids
+from inprocess_mesh import (
+    Mothership,
+    acks_of_four_batches,
+    make_batch,
+    make_event,
+    stored_ids,
+)
 from inprocess_mesh import mothership as inprocess_mothership
 from prometheus_client import REGISTRY
 from support import Pki, secure_channel
@@ -117,22 +123,12 @@ async def test_many_streams_through_one_storage_call_slot_store_everything_once(
     calls_before = REGISTRY.get_sample_value(f"{CALL_BATCHES}_count") or 0.0
     batches_before = REGISTRY.get_sample_value(f"{CALL_BATCHES}_sum") or 0.0
 
-    async def agent(name: str, stream_no: int) -> list[ingest_pb2.BatchAck]:
-        async with secure_channel(mesh.ingest.runtime.ports.grpc, pki.agent(name)) as channel:
-            stream = AgentStream(channel)
-            await stream.hello(name)
-            batches = [
-                make_batch(name, [make_event(f"{name}/{stream_no} {n}.{i}") for i in range(5)])
-                for n in range(1, 5)
-            ]
-            for batch in batches:
-                await stream.call.write(ingest_pb2.StreamRequest(batch=batch))
-            acks = [(await stream.call.read()).ack for _ in batches]
-            await stream.call.done_writing()
-            return acks
-
     streams = [("site-a", 1), ("site-a", 2), ("site-b", 1), ("site-b", 2)]
-    acks = [a for found in await asyncio.gather(*(agent(*s) for s in streams)) for a in found]
+    acks = [
+        a
+        for found in await asyncio.gather(*(acks_of_four_batches(mesh, pki, *s) for s in streams))
+        for a in found
+    ]
     calls = (REGISTRY.get_sample_value(f"{CALL_BATCHES}_count") or 0.0) - calls_before
     carried = (REGISTRY.get_sample_value(f"{CALL_BATCHES}_sum") or 0.0) - batches_before
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from pg_server import PgSchema
+from prometheus_client import REGISTRY
 from support import Pki, make_config, secure_channel
 
 from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
@@ -212,3 +213,30 @@ async def receive(call: TailCall, count: int) -> tuple[list[event_pb2.Event], st
             found.extend(response.events)
             cursor = response.cursor
     return found, cursor
+
+
+GROUPS = "mothership_database_group_commit_batches"
+
+
+def group_counts() -> tuple[float, float]:
+    """(transactions, batches) committed through group commit so far in this process."""
+    count = REGISTRY.get_sample_value(f"{GROUPS}_count") or 0.0
+    total = REGISTRY.get_sample_value(f"{GROUPS}_sum") or 0.0
+    return count, total
+
+
+async def refuse_event(store: PgSchema, event_id: str) -> None:
+    """A trigger that fails any transaction inserting ``event_id`` into events."""
+    conn = await store.connect()
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF NEW.event_id = '{event_id}' THEN RAISE EXCEPTION 'poisoned'; END IF; "
+            "RETURN NEW; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON events "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
+        )
+    finally:
+        await conn.close()

@@ -10,8 +10,16 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from pg_server import PgSchema
-from prometheus_client import REGISTRY
-from storage_helpers import StorageClients, event, events, ids, start_storage, write_request
+from storage_helpers import (
+    StorageClients,
+    event,
+    events,
+    group_counts,
+    ids,
+    refuse_event,
+    start_storage,
+    write_request,
+)
 from support import Pki
 
 from gen.edgebot.v1 import event_pb2, storage_pb2
@@ -19,14 +27,6 @@ from storage_svc.config import PostgresSection
 from storage_svc.sinks.postgres_schema import SEQ_LOCK
 
 ONE_WRITE_AT_A_TIME = {"postgres": {"max_concurrent_writes": 1}}
-GROUPS = "mothership_database_group_commit_batches"
-
-
-def group_counts() -> tuple[float, float]:
-    """(transactions, batches) committed through group commit so far in this process."""
-    count = REGISTRY.get_sample_value(f"{GROUPS}_count") or 0.0
-    total = REGISTRY.get_sample_value(f"{GROUPS}_sum") or 0.0
-    return count, total
 
 
 @contextlib.asynccontextmanager
@@ -50,23 +50,6 @@ async def blocked_on_lock(store: PgSchema) -> None:
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         ):
             await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-
-
-async def refuse_event(store: PgSchema, event_id: str) -> None:
-    """A trigger that fails any transaction inserting ``event_id`` into events."""
-    conn = await store.connect()
-    try:
-        await conn.execute(
-            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.event_id = '{event_id}' THEN RAISE EXCEPTION 'poisoned'; END IF; "
-            "RETURN NEW; END $$"
-        )
-        await conn.execute(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON events "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-        )
     finally:
         await conn.close()
 

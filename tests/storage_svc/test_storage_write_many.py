@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import grpc
 from pg_server import PgSchema
-from prometheus_client import REGISTRY
-from storage_helpers import StorageClients, events, ids, start_storage, write_request
+from storage_helpers import (
+    StorageClients,
+    events,
+    group_counts,
+    ids,
+    refuse_event,
+    start_storage,
+    write_request,
+)
 from support import Pki
 
 from gen.edgebot.v1 import storage_pb2
 
-GROUPS = "mothership_database_group_commit_batches"
 OLDEST_FIRST = storage_pb2.QueryEventsRequest(
     page_size=1000, order=storage_pb2.SORT_ORDER_OLDEST_FIRST
 )
-
-
-def group_counts() -> tuple[float, float]:
-    """(transactions, batches) committed through group commit so far in this process."""
-    count = REGISTRY.get_sample_value(f"{GROUPS}_count") or 0.0
-    total = REGISTRY.get_sample_value(f"{GROUPS}_sum") or 0.0
-    return count, total
 
 
 async def test_each_write_gets_its_own_result_and_a_bad_one_fails_alone(
@@ -75,19 +74,7 @@ async def test_a_write_the_database_refuses_fails_alone_and_may_be_retried(
     poisoned = write_request(events(range(500, 503)))
     healthy = [write_request(events(range(n, n + 3))) for n in (600, 700)]
     async with start_storage(pki, pg_schema) as app, StorageClients.connect(pki, app) as c:
-        conn = await pg_schema.connect()
-        try:
-            await conn.execute(
-                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                "IF NEW.event_id = 'ev-000501' THEN RAISE EXCEPTION 'poisoned'; END IF; "
-                "RETURN NEW; END $$"
-            )
-            await conn.execute(
-                "CREATE TRIGGER refuse_poison BEFORE INSERT ON events "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_poison()"
-            )
-        finally:
-            await conn.close()
+        await refuse_event(pg_schema, "ev-000501")
         request = storage_pb2.WriteManyRequest(writes=[healthy[0], poisoned, healthy[1]])
         response = await c.service.WriteMany(request)
         stored = ids((await c.operator.QueryEvents(OLDEST_FIRST)).events)
