@@ -1,5 +1,6 @@
 """Batches waiting for the pipeline share one Process call, and batches waiting for storage
-one WriteMany call (see mesh.coalescing).
+one WriteMany call (see mesh.coalescing). Either call goes as a request on a long-lived
+stream (ProcessStream, WriteStream) when one is given and the service has it.
 
 The pipeline answers in terms of the merged event list (passed events in input order,
 refusals by index); ``split`` turns that back into one answer per batch. WriteMany answers
@@ -23,6 +24,13 @@ from mesh.coalescing import Coalescer
 ProcessCall = Callable[[pipeline_pb2.ProcessRequest], Awaitable[pipeline_pb2.ProcessResponse]]
 WriteCall = Callable[[storage_pb2.WriteRequest], Awaitable[storage_pb2.WriteResponse]]
 WriteManyCall = Callable[[storage_pb2.WriteManyRequest], Awaitable[storage_pb2.WriteManyResponse]]
+# Streamed calls answer None when no stream can carry the request (the unary call then does).
+ProcessStreamCall = Callable[
+    [pipeline_pb2.ProcessStreamRequest], Awaitable[pipeline_pb2.ProcessResponse | None]
+]
+WriteStreamCall = Callable[
+    [list[storage_pb2.WriteRequest]], Awaitable[Sequence[storage_pb2.WriteResult] | None]
+]
 
 
 @dataclass
@@ -46,8 +54,15 @@ class _Request:
 
 
 class ProcessCoalescer:
-    def __init__(self, call: ProcessCall, max_events: int, max_calls: int) -> None:
+    def __init__(
+        self,
+        call: ProcessCall,
+        max_events: int,
+        max_calls: int,
+        over_stream: ProcessStreamCall | None = None,
+    ) -> None:
         self.call = call
+        self.over_stream = over_stream
         self.coalescer: Coalescer[_Request, Processed] = Coalescer(
             self._send, lambda r: len(r.events), max_events, max_calls, _refused_as_a_whole
         )
@@ -62,13 +77,18 @@ class ProcessCoalescer:
 
     async def _send(self, group: list[_Request]) -> list[Processed]:
         metrics.PIPELINE_CALL_BATCHES.observe(len(group))
-        request = pipeline_pb2.ProcessRequest(batch=group[0].header)
+        # Built inside the stream message, so the unary fallback sends it without a copy.
+        message = pipeline_pb2.ProcessStreamRequest()
+        request = message.request
+        request.batch.CopyFrom(group[0].header)
         for item in group:
             request.batch.events.extend(item.events)
         # The call continues the trace of the first batch it carries.
         token = otel_context.attach(group[0].trace)
         try:
-            response = await self.call(request)
+            response = None if self.over_stream is None else await self.over_stream(message)
+            if response is None:
+                response = await self.call(request)
         finally:
             otel_context.detach(token)
         if len(group) == 1:
@@ -86,10 +106,16 @@ class WriteCoalescer:
     """A write alone goes as Write; writes waiting together go as one WriteMany."""
 
     def __init__(
-        self, write: WriteCall, write_many: WriteManyCall, max_events: int, max_calls: int
+        self,
+        write: WriteCall,
+        write_many: WriteManyCall,
+        max_events: int,
+        max_calls: int,
+        over_stream: WriteStreamCall | None = None,
     ) -> None:
         self.write_one = write
         self.write_many = write_many
+        self.over_stream = over_stream
         self.coalescer: Coalescer[_Write, storage_pb2.WriteResult] = Coalescer(
             self._send,
             lambda w: len(w.request.batch.events),
@@ -108,20 +134,28 @@ class WriteCoalescer:
         # The call continues the trace of the first batch it carries.
         token = otel_context.attach(group[0].trace)
         try:
-            if len(group) == 1:
-                return [storage_pb2.WriteResult(written=await self.write_one(group[0].request))]
-            many = storage_pb2.WriteManyRequest(writes=[w.request for w in group])
-            response = await self.write_many(many)
+            requests = [w.request for w in group]
+            results = None if self.over_stream is None else await self.over_stream(requests)
+            if results is None:
+                results = await self._unary(requests)
         finally:
             otel_context.detach(token)
-        if len(response.results) != len(group):
+        if len(results) != len(group):
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.INTERNAL,
                 grpc.aio.Metadata(),
                 grpc.aio.Metadata(),
-                f"WriteMany answered {len(response.results)} results for {len(group)} writes",
+                f"storage answered {len(results)} results for {len(group)} writes",
             )
-        return list(response.results)
+        return list(results)
+
+    async def _unary(
+        self, requests: list[storage_pb2.WriteRequest]
+    ) -> Sequence[storage_pb2.WriteResult]:
+        if len(requests) == 1:
+            return [storage_pb2.WriteResult(written=await self.write_one(requests[0]))]
+        response = await self.write_many(storage_pb2.WriteManyRequest(writes=requests))
+        return response.results
 
 
 def _refused_as_a_whole(error: BaseException) -> bool:

@@ -53,6 +53,19 @@ class IngestSection(Section):
         description="Most events one merged WriteMany call carries. A larger single batch "
         "still goes, alone.",
     )
+    downstream_streams: bool = Field(
+        True,
+        description="Carry Process calls and storage writes over long-lived streams "
+        "(PipelineService.ProcessStream, StorageService.WriteStream), one request at a "
+        "time per stream, instead of one unary call each: the same answers for less work "
+        "per batch. A service without the stream methods (UNIMPLEMENTED) gets unary calls.",
+    )
+    downstream_stream_max_age_s: float = Field(
+        300.0,
+        gt=0,
+        description="A downstream stream is closed when it comes back idle after this "
+        "long, and a fresh one opened: streams follow connections the services recycle.",
+    )
     max_streams: int = Field(1_000, ge=1, description="Concurrent agent streams.")
     max_streams_per_caller: int = Field(
         4,

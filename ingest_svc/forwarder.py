@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -26,6 +27,8 @@ from ingest_svc import metrics
 from ingest_svc.coalescing import ProcessCoalescer, Processed, WriteCoalescer
 from ingest_svc.validation import CheckedBatch
 from mesh.errors import retry_delay_s
+from mesh.lockstep import RequestT, ResponseT, StreamPool, StreamUnsupported
+from mesh.tracing import current_carrier
 
 log = logging.getLogger(__name__)
 PERMANENT_CODES = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
@@ -83,26 +86,48 @@ class ForwardLimits:
     max_storage_call_events: int = 5_000
 
 
+ProcessStreams = StreamPool[pipeline_pb2.ProcessStreamRequest, pipeline_pb2.ProcessStreamResponse]
+WriteStreams = StreamPool[storage_pb2.WriteStreamRequest, storage_pb2.WriteStreamResponse]
+
+
+@dataclass
+class DownstreamStreams:
+    """Long-lived streams that carry the calls instead of unary calls (mesh.lockstep)."""
+
+    process: ProcessStreams
+    write: WriteStreams
+
+    def close(self) -> None:
+        self.process.close()
+        self.write.close()
+
+
 class Forwarder:
     def __init__(
         self,
         pipeline: pipeline_pb2_grpc.PipelineServiceAsyncStub,
         storage: storage_pb2_grpc.StorageServiceAsyncStub,
         limits: ForwardLimits,
+        streams: DownstreamStreams | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.storage = storage
+        self.streams = streams
         self.pipeline_timeout_s = limits.pipeline_timeout_s
         self.storage_timeout_s = limits.storage_timeout_s
         self.default_retry_s = limits.default_retry_s
         self.coalescer = ProcessCoalescer(
-            self._call_pipeline, limits.max_pipeline_call_events, limits.max_pipeline_calls
+            self._call_pipeline,
+            limits.max_pipeline_call_events,
+            limits.max_pipeline_calls,
+            None if streams is None else self._stream_pipeline,
         )
         self.writes = WriteCoalescer(
             self._call_write,
             self._call_write_many,
             limits.max_storage_call_events,
             limits.max_storage_calls,
+            None if streams is None else self._stream_writes,
         )
 
     async def deliver(self, batch: event_pb2.EventBatch, checked: CheckedBatch) -> Delivery:
@@ -138,6 +163,22 @@ class Forwarder:
             return await self.pipeline.Process(request, timeout=self.pipeline_timeout_s)
         finally:
             metrics.DOWNSTREAM_SECONDS.labels("pipeline").observe(time.perf_counter() - started)
+
+    async def _stream_pipeline(
+        self, message: pipeline_pb2.ProcessStreamRequest
+    ) -> pipeline_pb2.ProcessResponse | None:
+        assert self.streams is not None
+        message.trace_context.update(current_carrier())
+        answer = await _streamed(self.streams.process, message, "pipeline", "ProcessStream")
+        return None if answer is None else answer.response
+
+    async def _stream_writes(
+        self, requests: list[storage_pb2.WriteRequest]
+    ) -> Sequence[storage_pb2.WriteResult] | None:
+        assert self.streams is not None
+        message = storage_pb2.WriteStreamRequest(writes=requests, trace_context=current_carrier())
+        answer = await _streamed(self.streams.write, message, "storage", "WriteStream")
+        return None if answer is None else answer.results
 
     async def _write(
         self,
@@ -214,6 +255,23 @@ class Forwarder:
             retry_delay_s=delay,
             message=f"downstream {error.code.name}: {error.details}",
         )
+
+
+async def _streamed(
+    streams: StreamPool[RequestT, ResponseT], message: RequestT, service: str, method: str
+) -> ResponseT | None:
+    """The answer over a stream, or None when the service has no such stream (the caller
+    then makes the unary call)."""
+    if not streams.usable:
+        return None
+    started = time.perf_counter()
+    try:
+        return await streams.call(message)
+    except StreamUnsupported:
+        log.warning("%s has no %s (an older release): unary calls", service, method)
+        return None
+    finally:
+        metrics.DOWNSTREAM_SECONDS.labels(service).observe(time.perf_counter() - started)
 
 
 def _copy_header(batch: event_pb2.EventBatch) -> event_pb2.EventBatch:

@@ -25,7 +25,7 @@ from gen.edgebot.v1 import (
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.decoding import Incoming, Problem, decode_push_request, decode_stream_request
-from ingest_svc.forwarder import Delivery, Forwarder, ForwardLimits
+from ingest_svc.forwarder import Delivery, DownstreamStreams, Forwarder, ForwardLimits
 from ingest_svc.nats_input import NatsInput
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events, hello_problem
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
@@ -33,6 +33,7 @@ from mesh.channel import open_channel
 from mesh.config import ClientConfig
 from mesh.errors import abort_denied, abort_invalid, abort_with_retry
 from mesh.health import DependencyMonitor
+from mesh.lockstep import StreamPool, StreamPoolLimits
 from mesh.types import Context
 
 log = logging.getLogger(__name__)
@@ -484,15 +485,37 @@ class IngestApp:
         self._dependencies_ready = False
         self.runtime.before_drain.append(self._drain)
 
-    def _channel(self, client: ClientConfig, service: str) -> grpc.aio.Channel:
+    def _channel(self, client: ClientConfig, service: str, traced: bool = True) -> grpc.aio.Channel:
         channel = open_channel(
             client.addresses,
             self.config.tls,
             retry_services=[service],
             server_name=client.tls_server_name,
+            traced=traced,
         )
         self.channels.append(channel)
         return channel
+
+    def _downstream_streams(self) -> DownstreamStreams | None:
+        """Streams on channels of their own: their requests carry their trace themselves."""
+        config = self.config
+        if not config.ingest.downstream_streams:
+            return None
+        max_age_s = config.ingest.downstream_stream_max_age_s
+        pipeline = pipeline_pb2_grpc.PipelineServiceStub(
+            self._channel(config.pipeline, PIPELINE_SERVICE, traced=False)
+        )
+        storage = storage_pb2_grpc.StorageServiceStub(
+            self._channel(config.storage, STORAGE_SERVICE, traced=False)
+        )
+        return DownstreamStreams(
+            process=StreamPool(
+                pipeline.ProcessStream, StreamPoolLimits(config.pipeline.timeout_s, max_age_s)
+            ),
+            write=StreamPool(
+                storage.WriteStream, StreamPoolLimits(config.storage.timeout_s, max_age_s)
+            ),
+        )
 
     async def open(self) -> None:
         # Channels belong to the running event loop, so they are made here, not in build().
@@ -511,6 +534,7 @@ class IngestApp:
                 max_storage_calls=config.ingest.max_storage_calls,
                 max_storage_call_events=config.ingest.max_storage_call_events,
             ),
+            self._downstream_streams(),
         )
         self.servicer.forwarder = forwarder
         if config.nats.enabled:
@@ -556,6 +580,9 @@ class IngestApp:
             await self.nats.close()
         if self.monitor is not None:
             await self.monitor.stop()
+        forwarder = self.servicer.forwarder
+        if forwarder is not None and forwarder.streams is not None:
+            forwarder.streams.close()
         for channel in self.channels:
             await channel.close()
         self.channels.clear()

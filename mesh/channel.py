@@ -70,6 +70,7 @@ def open_channel(
     server_name: str | None = None,
     gzip: bool = False,
     extra_options: Sequence[tuple[str, Any]] = (),
+    traced: bool = True,
 ) -> grpc.aio.Channel:
     """A channel to a service; mTLS unless tls.enabled is false (development only).
 
@@ -91,12 +92,13 @@ def open_channel(
     if len(addresses) > 1 or server_name:
         name = server_name or addresses[0].rsplit(":", 1)[0].strip("[]")
         options.append(("grpc.ssl_target_name_override", name))
-    interceptors = [
-        _TraceUnaryUnary(),
-        _TraceUnaryStream(),
-        _TraceStreamUnary(),
-        _TraceStreamStream(),
-    ]
+    # Untraced channels carry messages that name their own trace (mesh.lockstep); without
+    # interceptors a stream's writes go straight to the call, not through a queue and task.
+    interceptors: list[grpc.aio.ClientInterceptor] = (
+        [_TraceUnaryUnary(), _TraceUnaryStream(), _TraceStreamUnary(), _TraceStreamStream()]
+        if traced
+        else []
+    )
     compression = grpc.Compression.Gzip if gzip else grpc.Compression.NoCompression
     if tls.enabled:
         return grpc.aio.secure_channel(

@@ -64,6 +64,13 @@ def inject_metadata(
     return kept + list(carrier.items())
 
 
+def current_carrier() -> dict[str, str]:
+    """The current span's traceparent/tracestate, for a message that carries its trace."""
+    carrier: dict[str, str] = {}
+    PROPAGATOR.inject(carrier)
+    return carrier
+
+
 def span_carrier(span: trace.Span) -> dict[str, str]:
     """The W3C traceparent/tracestate naming ``span``, for a message that carries its trace."""
     carrier: dict[str, str] = {}

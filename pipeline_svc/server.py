@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -11,6 +12,7 @@ from gen.edgebot.v1 import event_pb2, pipeline_pb2, pipeline_pb2_grpc
 from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
 from mesh.config import ConfigError
 from mesh.errors import abort_invalid
+from mesh.lockstep import StreamDrain, request_span
 from mesh.types import Context
 from pipeline_svc import metrics
 from pipeline_svc.config import PipelineServiceConfig
@@ -19,9 +21,11 @@ from pipeline_svc.pipeline import BatchResult, Pipeline, ProcessorTotals
 log = logging.getLogger(__name__)
 RETIRE_AFTER_S = 30.0
 SERVICE_NAME = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
+PROCESS_STREAM = f"{SERVICE_NAME}/ProcessStream"
 POLICY = AccessPolicy(
     methods={
         "Process": kinds(Kind.SERVICE, Kind.OPERATOR),
+        "ProcessStream": kinds(Kind.SERVICE, Kind.OPERATOR),
         "DescribePipeline": kinds(Kind.SERVICE, Kind.OPERATOR),
         "GetStats": kinds(Kind.SERVICE, Kind.OPERATOR),
     }
@@ -43,16 +47,28 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         self.start_time = Timestamp()
         self.start_time.GetCurrentTime()
         self.batches = self.events = self.rejected = self.quarantined = 0
+        self.streams = StreamDrain()
 
     async def Process(
         self, request: pipeline_pb2.ProcessRequest, context: Context
     ) -> pipeline_pb2.ProcessResponse:
+        return await self._processed(request, context, "batch.events")
+
+    async def ProcessStream(
+        self, requests: AsyncIterator[pipeline_pb2.ProcessStreamRequest], context: Context
+    ) -> AsyncIterator[pipeline_pb2.ProcessStreamResponse]:
+        async for message in self.streams.requests(requests):
+            with request_span(PROCESS_STREAM, message.trace_context):
+                response = await self._processed(message.request, context, "request.batch.events")
+            yield pipeline_pb2.ProcessStreamResponse(response=response)
+
+    async def _processed(
+        self, request: pipeline_pb2.ProcessRequest, context: Context, field: str
+    ) -> pipeline_pb2.ProcessResponse:
         count = len(request.batch.events)
         if count > self.max_batch_events:
             await abort_invalid(
-                context,
-                "batch.events",
-                f"{count} events exceed the limit of {self.max_batch_events}",
+                context, field, f"{count} events exceed the limit of {self.max_batch_events}"
             )
         result = await self.pipeline.run(list(request.batch.events))
         self._count(count, result)
@@ -139,6 +155,10 @@ class PipelineApp:
                 self.servicer, server
             ),
         )
+        self.runtime.before_drain.append(self._end_streams)
+
+    async def _end_streams(self) -> None:
+        self.servicer.streams.drain()
 
     async def open(self) -> None:
         await self.runtime.set_serving(True)

@@ -12,6 +12,7 @@ import grpc
 from gen.edgebot.v1 import event_pb2, storage_pb2, storage_pb2_grpc
 from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
 from mesh.errors import abort_invalid, abort_with_retry
+from mesh.lockstep import StreamDrain, request_span
 from mesh.timeutil import NS_PER_S, ns_to_ts, ts_to_ns
 from mesh.types import Context
 from storage_svc import metrics
@@ -70,6 +71,7 @@ from storage_svc.tail import (
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+WRITE_STREAM = f"{SERVICE_NAME}/WriteStream"
 _CALLERS = kinds(Kind.SERVICE, Kind.OPERATOR)
 POLICY = AccessPolicy(
     methods={
@@ -77,6 +79,7 @@ POLICY = AccessPolicy(
         for method in (
             "Write",
             "WriteMany",
+            "WriteStream",
             "QueryEvents",
             "AggregateEvents",
             "TailEvents",
@@ -132,6 +135,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         self.hub = hub
         self.config = config
         self.graph = graph
+        self.streams = StreamDrain()
 
     async def Write(
         self, request: storage_pb2.WriteRequest, context: Context
@@ -152,11 +156,21 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
     async def WriteMany(
         self, request: storage_pb2.WriteManyRequest, context: Context
     ) -> storage_pb2.WriteManyResponse:
+        return storage_pb2.WriteManyResponse(results=await self._write_results(request.writes))
+
+    async def WriteStream(
+        self, requests: AsyncIterator[storage_pb2.WriteStreamRequest], context: Context
+    ) -> AsyncIterator[storage_pb2.WriteStreamResponse]:
+        async for request in self.streams.requests(requests):
+            with request_span(WRITE_STREAM, request.trace_context):
+                results = await self._write_results(request.writes)
+            yield storage_pb2.WriteStreamResponse(results=results)
+
+    async def _write_results(
+        self, writes: Sequence[storage_pb2.WriteRequest]
+    ) -> list[storage_pb2.WriteResult]:
         # Together: the primary sink commits the writes that arrive at once in one group.
-        results = await asyncio.gather(
-            *(self._write_result(n, write) for n, write in enumerate(request.writes))
-        )
-        return storage_pb2.WriteManyResponse(results=results)
+        return await asyncio.gather(*(self._write_result(n, w) for n, w in enumerate(writes)))
 
     async def _write_result(
         self, position: int, request: storage_pb2.WriteRequest
@@ -472,6 +486,7 @@ class StorageApp:
 
     async def _end_tails(self) -> None:
         self.hub.close()
+        self.servicer.streams.drain()
 
     async def _sink_health(self, sink: str, health: Health) -> None:
         await self.runtime.set_serving(health is not Health.DOWN, sink_health_name(sink))

@@ -189,15 +189,24 @@ async def test_shutdown_acks_what_it_read_then_ends_streams_at_once(
     assert "shutting down" in (caught.value.details() or "")
 
 
+@pytest.mark.parametrize(
+    ("streams", "hops"),
+    [
+        (True, ("PipelineService/ProcessStream", "StorageService/WriteStream")),
+        (False, ("PipelineService/Process", "StorageService/Write")),
+    ],
+    ids=["downstream streams", "unary calls"],
+)
 async def test_one_trace_follows_a_batch_through_ingest_pipeline_and_storage(
-    mothership: Mothership, pki: Pki, spans: InMemorySpanExporter
+    pki: Pki, tmp_path: Path, spans: InMemorySpanExporter, streams: bool, hops: tuple[str, ...]
 ) -> None:
     trace_id, agent_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     batch = make_batch("site-a", [make_event("traced")])
     batch.trace_context["traceparent"] = f"00-{trace_id}-{agent_span}-01"
-    async with secure_channel(mothership.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
-        await ingest_pb2_grpc.IngestServiceStub(ch).Push(ingest_pb2.PushRequest(batch=batch))
-    finished = {span.name: span for span in spans.get_finished_spans()}
+    async with inprocess_mothership(pki, tmp_path, ingest={"downstream_streams": streams}) as m:
+        async with secure_channel(m.ingest.runtime.ports.grpc, pki.agent("site-a")) as ch:
+            await ingest_pb2_grpc.IngestServiceStub(ch).Push(ingest_pb2.PushRequest(batch=batch))
+        finished = {span.name: span for span in spans.get_finished_spans()}
     batch_span = finished["ingest.batch"]
     assert format(batch_span.context.trace_id, "032x") == trace_id
     assert batch_span.parent is not None
@@ -205,8 +214,8 @@ async def test_one_trace_follows_a_batch_through_ingest_pipeline_and_storage(
     assert batch_span.attributes is not None
     assert batch_span.attributes["edgebot.batch_id"] == batch.batch_id
     assert batch_span.attributes["edgebot.sink.sqlite"] == "SINK_STATUS_OK"
-    for hop in ("edgebot.v1.PipelineService/Process", "edgebot.v1.StorageService/Write"):
-        span = finished[hop]
+    for hop in hops:
+        span = finished[f"edgebot.v1.{hop}"]
         assert span.context.trace_id == batch_span.context.trace_id, hop
         assert span.parent is not None
         assert span.parent.span_id == batch_span.context.span_id, hop

@@ -27,33 +27,41 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gebot/v1/pipeline.proto\x12\nedgebot.v1\x1a\x16\x65\x64gebot/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0eProcessRequest\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.edgebot.v1.EventBatch\"\xbc\x01\n\x0fProcessResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.edgebot.v1.Event\x12(\n\x08rejected\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\x12)\n\x05stats\x18\x04 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats\"\x80\x01\n\x0eProcessorStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprocessed\x18\x02 \x01(\x04\x12\x10\n\x08modified\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x19\n\x17\x44\x65scribePipelineRequest\"I\n\x18\x44\x65scribePipelineResponse\x12-\n\nprocessors\x18\x01 \x03(\x0b\x32\x19.edgebot.v1.ProcessorInfo\"\xa9\x01\n\rProcessorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x39\n\x08settings\x18\x04 \x03(\x0b\x32\'.edgebot.v1.ProcessorInfo.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x1ePipelineServiceGetStatsRequest\"\xc9\x01\n\x1fPipelineServiceGetStatsResponse\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x13\n\x0bquarantined\x18\x05 \x01(\x04\x12.\n\nprocessors\x18\x06 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats2\x99\x02\n\x0fPipelineService\x12\x42\n\x07Process\x12\x1a.edgebot.v1.ProcessRequest\x1a\x1b.edgebot.v1.ProcessResponse\x12]\n\x10\x44\x65scribePipeline\x12#.edgebot.v1.DescribePipelineRequest\x1a$.edgebot.v1.DescribePipelineResponse\x12\x63\n\x08GetStats\x12*.edgebot.v1.PipelineServiceGetStatsRequest\x1a+.edgebot.v1.PipelineServiceGetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gebot/v1/pipeline.proto\x12\nedgebot.v1\x1a\x16\x65\x64gebot/v1/event.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0eProcessRequest\x12%\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.edgebot.v1.EventBatch\"\xbc\x01\n\x0fProcessResponse\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.edgebot.v1.Event\x12(\n\x08rejected\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\x12)\n\x05stats\x18\x04 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats\"\xc3\x01\n\x14ProcessStreamRequest\x12+\n\x07request\x18\x01 \x01(\x0b\x32\x1a.edgebot.v1.ProcessRequest\x12I\n\rtrace_context\x18\x02 \x03(\x0b\x32\x32.edgebot.v1.ProcessStreamRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x15ProcessStreamResponse\x12-\n\x08response\x18\x01 \x01(\x0b\x32\x1b.edgebot.v1.ProcessResponse\"\x80\x01\n\x0eProcessorStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tprocessed\x18\x02 \x01(\x04\x12\x10\n\x08modified\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x19\n\x17\x44\x65scribePipelineRequest\"I\n\x18\x44\x65scribePipelineResponse\x12-\n\nprocessors\x18\x01 \x03(\x0b\x32\x19.edgebot.v1.ProcessorInfo\"\xa9\x01\n\rProcessorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x03 \x01(\x08\x12\x39\n\x08settings\x18\x04 \x03(\x0b\x32\'.edgebot.v1.ProcessorInfo.SettingsEntry\x1a/\n\rSettingsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x1ePipelineServiceGetStatsRequest\"\xc9\x01\n\x1fPipelineServiceGetStatsResponse\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x62\x61tches\x18\x02 \x01(\x04\x12\x0e\n\x06\x65vents\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x13\n\x0bquarantined\x18\x05 \x01(\x04\x12.\n\nprocessors\x18\x06 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats2\xf3\x02\n\x0fPipelineService\x12\x42\n\x07Process\x12\x1a.edgebot.v1.ProcessRequest\x1a\x1b.edgebot.v1.ProcessResponse\x12X\n\rProcessStream\x12 .edgebot.v1.ProcessStreamRequest\x1a!.edgebot.v1.ProcessStreamResponse(\x01\x30\x01\x12]\n\x10\x44\x65scribePipeline\x12#.edgebot.v1.DescribePipelineRequest\x1a$.edgebot.v1.DescribePipelineResponse\x12\x63\n\x08GetStats\x12*.edgebot.v1.PipelineServiceGetStatsRequest\x1a+.edgebot.v1.PipelineServiceGetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gen.edgebot.v1.pipeline_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_PROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_PROCESSORINFO_SETTINGSENTRY']._loaded_options = None
   _globals['_PROCESSORINFO_SETTINGSENTRY']._serialized_options = b'8\001'
   _globals['_PROCESSREQUEST']._serialized_start=130
   _globals['_PROCESSREQUEST']._serialized_end=185
   _globals['_PROCESSRESPONSE']._serialized_start=188
   _globals['_PROCESSRESPONSE']._serialized_end=376
-  _globals['_PROCESSORSTATS']._serialized_start=379
-  _globals['_PROCESSORSTATS']._serialized_end=507
-  _globals['_DESCRIBEPIPELINEREQUEST']._serialized_start=509
-  _globals['_DESCRIBEPIPELINEREQUEST']._serialized_end=534
-  _globals['_DESCRIBEPIPELINERESPONSE']._serialized_start=536
-  _globals['_DESCRIBEPIPELINERESPONSE']._serialized_end=609
-  _globals['_PROCESSORINFO']._serialized_start=612
-  _globals['_PROCESSORINFO']._serialized_end=781
-  _globals['_PROCESSORINFO_SETTINGSENTRY']._serialized_start=734
-  _globals['_PROCESSORINFO_SETTINGSENTRY']._serialized_end=781
-  _globals['_PIPELINESERVICEGETSTATSREQUEST']._serialized_start=783
-  _globals['_PIPELINESERVICEGETSTATSREQUEST']._serialized_end=815
-  _globals['_PIPELINESERVICEGETSTATSRESPONSE']._serialized_start=818
-  _globals['_PIPELINESERVICEGETSTATSRESPONSE']._serialized_end=1019
-  _globals['_PIPELINESERVICE']._serialized_start=1022
-  _globals['_PIPELINESERVICE']._serialized_end=1303
+  _globals['_PROCESSSTREAMREQUEST']._serialized_start=379
+  _globals['_PROCESSSTREAMREQUEST']._serialized_end=574
+  _globals['_PROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._serialized_start=523
+  _globals['_PROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._serialized_end=574
+  _globals['_PROCESSSTREAMRESPONSE']._serialized_start=576
+  _globals['_PROCESSSTREAMRESPONSE']._serialized_end=646
+  _globals['_PROCESSORSTATS']._serialized_start=649
+  _globals['_PROCESSORSTATS']._serialized_end=777
+  _globals['_DESCRIBEPIPELINEREQUEST']._serialized_start=779
+  _globals['_DESCRIBEPIPELINEREQUEST']._serialized_end=804
+  _globals['_DESCRIBEPIPELINERESPONSE']._serialized_start=806
+  _globals['_DESCRIBEPIPELINERESPONSE']._serialized_end=879
+  _globals['_PROCESSORINFO']._serialized_start=882
+  _globals['_PROCESSORINFO']._serialized_end=1051
+  _globals['_PROCESSORINFO_SETTINGSENTRY']._serialized_start=1004
+  _globals['_PROCESSORINFO_SETTINGSENTRY']._serialized_end=1051
+  _globals['_PIPELINESERVICEGETSTATSREQUEST']._serialized_start=1053
+  _globals['_PIPELINESERVICEGETSTATSREQUEST']._serialized_end=1085
+  _globals['_PIPELINESERVICEGETSTATSRESPONSE']._serialized_start=1088
+  _globals['_PIPELINESERVICEGETSTATSRESPONSE']._serialized_end=1289
+  _globals['_PIPELINESERVICE']._serialized_start=1292
+  _globals['_PIPELINESERVICE']._serialized_end=1663
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,11 @@ class PipelineServiceStub:
                 request_serializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessRequest.SerializeToString,
                 response_deserializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessResponse.FromString,
                 _registered_method=True)
+        self.ProcessStream = channel.stream_stream(
+                '/edgebot.v1.PipelineService/ProcessStream',
+                request_serializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamRequest.SerializeToString,
+                response_deserializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamResponse.FromString,
+                _registered_method=True)
         self.DescribePipeline = channel.unary_unary(
                 '/edgebot.v1.PipelineService/DescribePipeline',
                 request_serializer=edgebot_dot_v1_dot_pipeline__pb2.DescribePipelineRequest.SerializeToString,
@@ -58,6 +63,16 @@ class PipelineServiceServicer:
 
     def Process(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProcessStream(self, request_iterator, context):
+        """Process over one long-lived stream, for a caller that sends many small batches a
+        second (ingest): each request is answered by one response, in order, before the next
+        request is read. The stream has no deadline; the caller times out each request. A
+        request refused (as Process would refuse it) ends the stream with that status.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -81,6 +96,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.Process,
                     request_deserializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessRequest.FromString,
                     response_serializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessResponse.SerializeToString,
+            ),
+            'ProcessStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ProcessStream,
+                    request_deserializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamRequest.FromString,
+                    response_serializer=edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamResponse.SerializeToString,
             ),
             'DescribePipeline': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribePipeline,
@@ -121,6 +141,33 @@ class PipelineService:
             '/edgebot.v1.PipelineService/Process',
             edgebot_dot_v1_dot_pipeline__pb2.ProcessRequest.SerializeToString,
             edgebot_dot_v1_dot_pipeline__pb2.ProcessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProcessStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/edgebot.v1.PipelineService/ProcessStream',
+            edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamRequest.SerializeToString,
+            edgebot_dot_v1_dot_pipeline__pb2.ProcessStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

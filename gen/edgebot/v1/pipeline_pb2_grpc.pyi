@@ -34,6 +34,12 @@ class PipelineServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PipelineServiceAsyncStub: ...
     Process: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.ProcessRequest, _pipeline_pb2.ProcessResponse]
+    ProcessStream: _grpc.StreamStreamMultiCallable[_pipeline_pb2.ProcessStreamRequest, _pipeline_pb2.ProcessStreamResponse]
+    """Process over one long-lived stream, for a caller that sends many small batches a
+    second (ingest): each request is answered by one response, in order, before the next
+    request is read. The stream has no deadline; the caller times out each request. A
+    request refused (as Process would refuse it) ends the stream with that status.
+    """
     DescribePipeline: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.DescribePipelineRequest, _pipeline_pb2.DescribePipelineResponse]
     GetStats: _grpc.UnaryUnaryMultiCallable[_pipeline_pb2.PipelineServiceGetStatsRequest, _pipeline_pb2.PipelineServiceGetStatsResponse]
 
@@ -43,6 +49,12 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Process: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.ProcessRequest, _pipeline_pb2.ProcessResponse]  # type: ignore[assignment]
+    ProcessStream: _aio.StreamStreamMultiCallable[_pipeline_pb2.ProcessStreamRequest, _pipeline_pb2.ProcessStreamResponse]  # type: ignore[assignment]
+    """Process over one long-lived stream, for a caller that sends many small batches a
+    second (ingest): each request is answered by one response, in order, before the next
+    request is read. The stream has no deadline; the caller times out each request. A
+    request refused (as Process would refuse it) ends the stream with that status.
+    """
     DescribePipeline: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.DescribePipelineRequest, _pipeline_pb2.DescribePipelineResponse]  # type: ignore[assignment]
     GetStats: _aio.UnaryUnaryMultiCallable[_pipeline_pb2.PipelineServiceGetStatsRequest, _pipeline_pb2.PipelineServiceGetStatsResponse]  # type: ignore[assignment]
 
@@ -55,6 +67,18 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pipeline_pb2.ProcessRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_pb2.ProcessResponse, _abc.Awaitable[_pipeline_pb2.ProcessResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ProcessStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_pipeline_pb2.ProcessStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_pipeline_pb2.ProcessStreamResponse], _abc.AsyncIterator[_pipeline_pb2.ProcessStreamResponse]]:
+        """Process over one long-lived stream, for a caller that sends many small batches a
+        second (ingest): each request is answered by one response, in order, before the next
+        request is read. The stream has no deadline; the caller times out each request. A
+        request refused (as Process would refuse it) ends the stream with that status.
+        """
 
     @_abc_1.abstractmethod
     def DescribePipeline(

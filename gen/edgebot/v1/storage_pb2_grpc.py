@@ -45,6 +45,11 @@ class StorageServiceStub:
                 request_serializer=edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.SerializeToString,
                 response_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.FromString,
                 _registered_method=True)
+        self.WriteStream = channel.stream_stream(
+                '/edgebot.v1.StorageService/WriteStream',
+                request_serializer=edgebot_dot_v1_dot_storage__pb2.WriteStreamRequest.SerializeToString,
+                response_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteStreamResponse.FromString,
+                _registered_method=True)
         self.QueryEvents = channel.unary_unary(
                 '/edgebot.v1.StorageService/QueryEvents',
                 request_serializer=edgebot_dot_v1_dot_storage__pb2.QueryEventsRequest.SerializeToString,
@@ -87,6 +92,16 @@ class StorageServiceServicer:
         """Several batches in one call (ingest merges the batches waiting for storage). Each is
         written as Write writes it, under its own ledger entry, and has its own result: one
         write failing fails no other.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteStream(self, request_iterator, context):
+        """WriteMany over one long-lived stream, for a caller that writes many small groups a
+        second (ingest): each request is answered by one response, in order, before the next
+        request is read. The stream has no deadline; the caller times out each request. A
+        request refused as a whole ends the stream with its status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +153,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.WriteMany,
                     request_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.FromString,
                     response_serializer=edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.SerializeToString,
+            ),
+            'WriteStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.WriteStream,
+                    request_deserializer=edgebot_dot_v1_dot_storage__pb2.WriteStreamRequest.FromString,
+                    response_serializer=edgebot_dot_v1_dot_storage__pb2.WriteStreamResponse.SerializeToString,
             ),
             'QueryEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryEvents,
@@ -220,6 +240,33 @@ class StorageService:
             '/edgebot.v1.StorageService/WriteMany',
             edgebot_dot_v1_dot_storage__pb2.WriteManyRequest.SerializeToString,
             edgebot_dot_v1_dot_storage__pb2.WriteManyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/edgebot.v1.StorageService/WriteStream',
+            edgebot_dot_v1_dot_storage__pb2.WriteStreamRequest.SerializeToString,
+            edgebot_dot_v1_dot_storage__pb2.WriteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class StorageServiceStub:
     written as Write writes it, under its own ledger entry, and has its own result: one
     write failing fails no other.
     """
+    WriteStream: _grpc.StreamStreamMultiCallable[_storage_pb2.WriteStreamRequest, _storage_pb2.WriteStreamResponse]
+    """WriteMany over one long-lived stream, for a caller that writes many small groups a
+    second (ingest): each request is answered by one response, in order, before the next
+    request is read. The stream has no deadline; the caller times out each request. A
+    request refused as a whole ends the stream with its status.
+    """
     QueryEvents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.QueryEventsRequest, _storage_pb2.QueryEventsResponse]
     AggregateEvents: _grpc.UnaryUnaryMultiCallable[_storage_pb2.AggregateEventsRequest, _storage_pb2.AggregateEventsResponse]
     TailEvents: _grpc.UnaryStreamMultiCallable[_storage_pb2.TailEventsRequest, _storage_pb2.TailEventsResponse]
@@ -62,6 +68,12 @@ class StorageServiceAsyncStub(StorageServiceStub):
     """Several batches in one call (ingest merges the batches waiting for storage). Each is
     written as Write writes it, under its own ledger entry, and has its own result: one
     write failing fails no other.
+    """
+    WriteStream: _aio.StreamStreamMultiCallable[_storage_pb2.WriteStreamRequest, _storage_pb2.WriteStreamResponse]  # type: ignore[assignment]
+    """WriteMany over one long-lived stream, for a caller that writes many small groups a
+    second (ingest): each request is answered by one response, in order, before the next
+    request is read. The stream has no deadline; the caller times out each request. A
+    request refused as a whole ends the stream with its status.
     """
     QueryEvents: _aio.UnaryUnaryMultiCallable[_storage_pb2.QueryEventsRequest, _storage_pb2.QueryEventsResponse]  # type: ignore[assignment]
     AggregateEvents: _aio.UnaryUnaryMultiCallable[_storage_pb2.AggregateEventsRequest, _storage_pb2.AggregateEventsResponse]  # type: ignore[assignment]
@@ -94,6 +106,18 @@ class StorageServiceServicer(metaclass=_abc_1.ABCMeta):
         """Several batches in one call (ingest merges the batches waiting for storage). Each is
         written as Write writes it, under its own ledger entry, and has its own result: one
         write failing fails no other.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_storage_pb2.WriteStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_storage_pb2.WriteStreamResponse], _abc.AsyncIterator[_storage_pb2.WriteStreamResponse]]:
+        """WriteMany over one long-lived stream, for a caller that writes many small groups a
+        second (ingest): each request is answered by one response, in order, before the next
+        request is read. The stream has no deadline; the caller times out each request. A
+        request refused as a whole ends the stream with its status.
         """
 
     @_abc_1.abstractmethod
