@@ -39,7 +39,11 @@ async def test_agent_batch_span_parents_the_whole_chain(
     assert ingest_span.context.trace_id == agent_span.context.trace_id
     assert ingest_span.attributes is not None
     assert ingest_span.attributes["edgebot.batch_id"] == agent_span.attributes["edgebot.batch_id"]
-    for hop in ("edgebot.v1.PipelineService/Process", "edgebot.v1.StorageService/Write"):
+    # One span per request on ingest's streams, each a child of the batch's span.
+    for hop in (
+        "edgebot.v1.PipelineService/ProcessStream",
+        "edgebot.v1.StorageService/WriteStream",
+    ):
         (call,) = [s for s in finished if s.name == hop and s.parent is not None
                    and s.parent.span_id == ingest_span.context.span_id]  # fmt: skip
         assert call.context.trace_id == agent_span.context.trace_id, hop
