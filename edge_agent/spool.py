@@ -212,6 +212,8 @@ class Spool:
         self._page_size = 4096
         # Events with a row id above this are not in a batch yet.
         self._batched_upto = 0
+        # Those events, kept current by the spool thread so that asking costs no query.
+        self._unbatched = Waiting(0, None)
         self.appended = asyncio.Event()
         self.events = 0
         self.bytes = 0
@@ -287,7 +289,10 @@ class Spool:
         return added
 
     async def waiting(self, bound: int) -> Waiting:
-        return await self._run(lambda: self._waiting_sync(bound))
+        """The events not yet in a batch, counted up to ``bound``: no query and no hop to
+        the spool thread, which updates the figures whenever it adds or batches events."""
+        unbatched = self._unbatched
+        return Waiting(min(unbatched.count, bound), unbatched.oldest_appended_ns)
 
     async def form_batch(self, max_events: int, max_bytes: int) -> SpooledBatch | None:
         """Claim the oldest events not yet in a batch as a new batch (None if there are none)."""
@@ -366,6 +371,10 @@ class Spool:
         (self._batched_upto,) = self._conn.execute(
             "SELECT COALESCE(MAX(last_rowid), 0) FROM batches"
         ).fetchone()
+        (count,) = self._conn.execute(
+            "SELECT COUNT(*) FROM events WHERE rowid > ?", (self._batched_upto,)
+        ).fetchone()
+        self._unbatched = Waiting(count, self._oldest_unbatched_ns())
 
     def _close_sync(self) -> None:
         if self._db is not None:
@@ -404,6 +413,11 @@ class Spool:
                 _upsert_checkpoints(conn, _latest_per_file(checkpoints[: len(accepted)]))
             self.events += len(accepted)
             self.bytes += sum(row[2] for row in accepted)
+            before = self._unbatched
+            self._unbatched = Waiting(
+                before.count + len(accepted),
+                stamp if before.oldest_appended_ns is None else before.oldest_appended_ns,
+            )
         refused = Counter(level for _, level, _ in rows[len(accepted) :])
         return AppendResult(len(accepted), len(rows) - len(accepted), 0, dict(refused), limit)
 
@@ -434,6 +448,9 @@ class Spool:
                 room -= len(data)
         self.events += len(ours) - sum(evicted.values())
         self.bytes += sum(ours.values()) - freed
+        # Victims are never in a batch; the oldest waiting event may have been one.
+        count = self._unbatched.count + len(ours) - sum(evicted.values())
+        self._unbatched = Waiting(count, self._oldest_unbatched_ns())
         return AppendResult(
             accepted=len(ours),
             refused=sum(refused.values()),
@@ -473,19 +490,12 @@ class Spool:
         ).fetchone()
         return row is not None
 
-    def _waiting_sync(self, bound: int) -> Waiting:
-        conn = self._conn
-        oldest = conn.execute(
+    def _oldest_unbatched_ns(self) -> int | None:
+        oldest = self._conn.execute(
             "SELECT appended_ns FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1",
             (self._batched_upto,),
         ).fetchone()
-        if oldest is None:
-            return Waiting(0, None)
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE rowid > ? LIMIT ?)",
-            (self._batched_upto, bound),
-        ).fetchone()
-        return Waiting(count, oldest[0])
+        return None if oldest is None else int(oldest[0])
 
     def _form_batch_sync(self, max_events: int, max_bytes: int) -> SpooledBatch | None:
         rows = self._conn.execute(
@@ -510,7 +520,11 @@ class Spool:
                 (batch_id, seq, now_ns(), first_rowid, last_rowid),
             )
         self._batched_upto = last_rowid
-        return self._load_batch(batch_id, seq, first_rowid, last_rowid)
+        batch = self._load_batch(batch_id, seq, first_rowid, last_rowid)
+        oldest = self._oldest_unbatched_ns()
+        left = self._unbatched.count - len(batch.events) if oldest is not None else 0
+        self._unbatched = Waiting(left, oldest)
+        return batch
 
     def _load_batch(self, batch_id: str, seq: int, first: int, last: int) -> SpooledBatch:
         rows = self._conn.execute(

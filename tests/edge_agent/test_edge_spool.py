@@ -191,3 +191,54 @@ async def test_partial_and_rejected_acks_fill_dead_letters(tmp_path: Path) -> No
     assert (spool.events, spool.bytes) == (0, 0)
     assert await spool.pending_batches() == []
     await spool.close()
+
+
+def unbatched_in_file(path: Path) -> tuple[int, int | None]:
+    """What the spool file itself says is waiting: a reader of its own (WAL allows it)."""
+    with sqlite3.connect(path) as reader:
+        (upto,) = reader.execute("SELECT COALESCE(MAX(last_rowid), 0) FROM batches").fetchone()
+        (count,) = reader.execute("SELECT COUNT(*) FROM events WHERE rowid > ?", (upto,)).fetchone()
+        oldest = reader.execute(
+            "SELECT appended_ns FROM events WHERE rowid > ? ORDER BY rowid LIMIT 1", (upto,)
+        ).fetchone()
+    return count, None if oldest is None else oldest[0]
+
+
+async def test_what_waits_for_a_batch_matches_the_file_through_every_kind_of_change(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, 5_000, overflow_policy="drop_lowest_severity")  # about 30 events
+    await spool.open()
+
+    async def agrees(step: str) -> None:
+        waiting = await spool.waiting(1 << 30)
+        assert (waiting.count, waiting.oldest_appended_ns) == unbatched_in_file(path), step
+
+    def events(n: int, severity: int, tag: str) -> list[event_pb2.Event]:
+        return [
+            event_pb2.Event(id=f"{tag}-{i}", message="x" * 150, severity=severity)  # type: ignore[arg-type]
+            for i in range(n)
+        ]
+
+    await agrees("empty")
+    await spool.append(events(10, 7, "debug"))
+    await agrees("appended")
+    first = await spool.form_batch(4, 1 << 24)
+    assert first is not None
+    await agrees("formed a batch of the oldest four")
+    await spool.append(events(20, 7, "debug-2"))
+    await agrees("appended more")
+    result = await spool.offer(events(15, 3, "err"))  # full: evicts waiting debug events
+    assert result.evicted > 0
+    await agrees("severe events evicted waiting ones")
+    while await spool.form_batch(7, 1 << 24) is not None:
+        await agrees("formed another batch")
+    await spool.ack(first.batch_id)
+    await agrees("acked the first batch")
+    await spool.append(events(3, 7, "late"))
+    await spool.close()
+    spool = Spool(path, 5_000)
+    await spool.open()
+    await agrees("reopened")
+    await spool.close()
