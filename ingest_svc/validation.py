@@ -76,6 +76,11 @@ def check_events(
 
 def event_problem(event: event_pb2.Event, limits: IngestSection) -> tuple[str, str] | None:
     """(field, reason) for the first limit the event breaks, or None."""
+    return None if plainly_within(event, limits) else field_problem(event, limits)
+
+
+def field_problem(event: event_pb2.Event, limits: IngestSection) -> tuple[str, str] | None:
+    """``event_problem`` decided field by field."""
     if not event.id:
         return "id", "required"
     if len(event.id) > MAX_ID_LENGTH:
@@ -92,6 +97,26 @@ def event_problem(event: event_pb2.Event, limits: IngestSection) -> tuple[str, s
     if len(event.raw) > limits.max_raw_bytes:
         return "raw", f"{len(event.raw)} bytes exceed the limit of {limits.max_raw_bytes}"
     return None
+
+
+def plainly_within(event: event_pb2.Event, limits: IngestSection) -> bool:
+    """True for an event that breaks no limit, decided without looking at each field.
+
+    No field's UTF-8 text is longer than the whole serialized event, so an event no
+    larger than the smallest byte limit is within all of them; what is left to check is
+    its id, the number of entries of its maps and an empty key. Most events are a few
+    hundred bytes, and this is about a third of the field-by-field check's cost.
+    """
+    if event.ByteSize() > min(
+        limits.max_field_bytes, limits.max_message_bytes, limits.max_raw_bytes
+    ):
+        return False
+    if not event.id or len(event.id) > MAX_ID_LENGTH:
+        return False
+    for values in (event.attributes, event.tags):
+        if len(values) > limits.max_attributes or "" in values:
+            return False
+    return True
 
 
 def hello_problem(hello: ingest_pb2.Hello, limits: IngestSection) -> tuple[str, str] | None:
