@@ -30,6 +30,7 @@ from mesh.backoff import backoff_delay
 from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.channel import open_channel
 from mesh.errors import retry_delay_s
+from mesh.lockstep import write_message
 from mesh.timeutil import NS_PER_S, now_ns
 
 log = logging.getLogger(__name__)
@@ -353,7 +354,7 @@ class _Session:
             agent_version=AGENT_VERSION,
             hostname=self.shipper.hostname,
         )
-        await call.write(ingest_pb2.StreamRequest(hello=hello))
+        await write_message(call, ingest_pb2.StreamRequest(hello=hello))
         async with asyncio.timeout(self.settings.ingest.timeout_s):
             response = await call.read()
         if not isinstance(response, ingest_pb2.StreamResponse):
@@ -425,7 +426,7 @@ class _Stream:
         proto.trace_context.update(self._start_span(batch, retry_reason))
         async with self.write_lock:
             await self.shipper.copy_to_archive(batch)
-            await self.call.write(ingest_pb2.StreamRequest(batch=proto))
+            await write_message(self.call, ingest_pb2.StreamRequest(batch=proto))
         metrics.BATCHES_SENT.inc()
         if retry_reason is not None:
             metrics.BATCHES_RETRIED.labels(retry_reason).inc()

@@ -104,7 +104,7 @@ class StreamPool(Generic[RequestT, ResponseT]):
     async def _exchange(self, stream: _Stream, request: RequestT) -> ResponseT:
         try:
             async with asyncio.timeout(self.limits.timeout_s):
-                await stream.call.write(request)
+                await write_message(stream.call, request)
                 response = await stream.call.read()
         except TimeoutError:
             raise rpc_error(
@@ -116,12 +116,21 @@ class StreamPool(Generic[RequestT, ResponseT]):
                 self._unsupported_until = time.monotonic() + self.limits.recheck_s
                 raise StreamUnsupported(error.details() or "UNIMPLEMENTED") from error
             raise
-        except asyncio.InvalidStateError:
-            # The server ended the stream (draining) between our check and the write.
-            raise rpc_error(grpc.StatusCode.UNAVAILABLE, "the request stream was closed") from None
         if response is grpc.aio.EOF:
             raise await _ended_error(stream.call)
         return response  # type: ignore[no-any-return]
+
+
+async def write_message(call: StreamCall, message: Any) -> None:
+    """Write on a stream; a stream that already ended raises its status as an
+    ``AioRpcError`` (UNAVAILABLE if it ended OK), not ``asyncio.InvalidStateError``.
+
+    The call can end at any moment before the write: a server that was never there, or
+    one that just drained the stream."""
+    try:
+        await call.write(message)
+    except asyncio.InvalidStateError:
+        raise await _ended_error(call) from None
 
 
 async def _ended_error(call: StreamCall) -> grpc.aio.AioRpcError:

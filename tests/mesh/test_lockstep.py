@@ -6,6 +6,7 @@ once and lets a busy one answer first."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,7 +14,13 @@ from typing import Any
 import grpc
 import pytest
 
-from mesh.lockstep import StreamDrain, StreamPool, StreamPoolLimits, StreamUnsupported
+from mesh.lockstep import (
+    StreamDrain,
+    StreamPool,
+    StreamPoolLimits,
+    StreamUnsupported,
+    write_message,
+)
 
 METHOD = "/test.Lockstep/Echo"
 
@@ -158,3 +165,27 @@ async def test_draining_ends_idle_streams_at_once_and_busy_ones_after_their_answ
     assert time.monotonic() - started < 5
     assert await busy == b"SLEEP 0.5"
     assert echo.received.count(b"sleep 0.5") == 1
+
+
+async def test_writing_on_a_stream_that_already_ended_raises_its_status(
+    channel: grpc.aio.Channel,
+) -> None:
+    ended = channel.stream_stream(METHOD, request_serializer=same, response_deserializer=same)()
+    await ended.write(b"end")
+    assert await ended.read() is grpc.aio.EOF
+    assert await ended.code() is grpc.StatusCode.OK
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await write_message(ended, b"more")
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+async def test_writing_to_a_server_that_is_not_there_raises_unavailable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as nowhere:
+        call = nowhere.stream_stream(METHOD, request_serializer=same, response_deserializer=same)()
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE  # ended before any write
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await write_message(call, b"hello")
+    assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
