@@ -20,6 +20,7 @@ from opentelemetry import context as otel_context
 from gen.edgebot.v1 import event_pb2, pipeline_pb2, storage_pb2
 from ingest_svc import metrics
 from mesh.coalescing import Coalescer
+from mesh.errors import local_rpc_error
 
 ProcessCall = Callable[[pipeline_pb2.ProcessRequest], Awaitable[pipeline_pb2.ProcessResponse]]
 WriteCall = Callable[[storage_pb2.WriteRequest], Awaitable[storage_pb2.WriteResponse]]
@@ -141,10 +142,8 @@ class WriteCoalescer:
         finally:
             otel_context.detach(token)
         if len(results) != len(group):
-            raise grpc.aio.AioRpcError(
+            raise local_rpc_error(
                 grpc.StatusCode.INTERNAL,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
                 f"storage answered {len(results)} results for {len(group)} writes",
             )
         return list(results)

@@ -73,6 +73,12 @@ async def abort_denied(context: Context, message: str, reason: str) -> NoReturn:
     raise AssertionError("unreachable")
 
 
+def local_rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """An error the client side raises itself (a timeout, a malformed answer), shaped like
+    one a server sent, so callers handle both alike."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
 def status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     """The google.rpc.Status a server attached to an error, if any."""
     for key, value in error.trailing_metadata() or ():

@@ -30,6 +30,7 @@ import grpc
 from opentelemetry import trace
 
 from mesh import tracing
+from mesh.errors import local_rpc_error
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -107,7 +108,7 @@ class StreamPool(Generic[RequestT, ResponseT]):
                 await write_message(stream.call, request)
                 response = await stream.call.read()
         except TimeoutError:
-            raise rpc_error(
+            raise local_rpc_error(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no response within {self.limits.timeout_s}s on the request stream",
             ) from None
@@ -137,12 +138,8 @@ async def _ended_error(call: StreamCall) -> grpc.aio.AioRpcError:
     code = await call.code()
     details = await call.details()
     if code is grpc.StatusCode.OK:
-        return rpc_error(grpc.StatusCode.UNAVAILABLE, "the server ended the stream unanswered")
-    return rpc_error(code, details or "")
-
-
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+        return local_rpc_error(grpc.StatusCode.UNAVAILABLE, "the server ended the stream")
+    return local_rpc_error(code, details or "")
 
 
 class StreamDrain:

@@ -41,13 +41,16 @@ def forwarder_of(mesh: Mothership) -> Forwarder:
     return forwarder
 
 
-def missing(channel: grpc.aio.Channel, service: str, module: Any) -> Any:
+PROCESS_STREAM = (pipeline_pb2.ProcessStreamRequest, pipeline_pb2.ProcessStreamResponse)
+WRITE_STREAM = (storage_pb2.WriteStreamRequest, storage_pb2.WriteStreamResponse)
+
+
+def missing(channel: grpc.aio.Channel, service: str, request: Any, response: Any) -> Any:
     """A stream method the service does not have, with the stream messages' codecs."""
-    kind = "Process" if service == "PipelineService" else "Write"
     return channel.stream_stream(
         f"/edgebot.v1.{service}/Gone",
-        request_serializer=getattr(module, f"{kind}StreamRequest").SerializeToString,
-        response_deserializer=getattr(module, f"{kind}StreamResponse").FromString,
+        request_serializer=request.SerializeToString,
+        response_deserializer=response.FromString,
     )
 
 
@@ -77,8 +80,8 @@ async def test_services_without_the_stream_methods_get_unary_calls(
     ):
         limits = StreamPoolLimits(timeout_s=5, max_age_s=300)
         older = DownstreamStreams(  # methods an older release does not have
-            process=StreamPool(missing(pipe, "PipelineService", pipeline_pb2), limits),
-            write=StreamPool(missing(store, "StorageService", storage_pb2), limits),
+            process=StreamPool(missing(pipe, "PipelineService", *PROCESS_STREAM), limits),
+            write=StreamPool(missing(store, "StorageService", *WRITE_STREAM), limits),
         )
         forwarder = Forwarder(
             pipeline_pb2_grpc.PipelineServiceStub(pipe),
