@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import re
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from support import Pki, make_config, secure_channel
 
 from gen.edgebot.v1 import pipeline_pb2, pipeline_pb2_grpc
 from mesh.app import running
+from mesh.metrics import GcPauses
 from mesh.tls import channel_credentials
 from pipeline_svc import PipelineServiceConfig, build
 
@@ -40,6 +43,44 @@ async def test_metrics_port_exposes_rpc_counts(pki: Pki) -> None:
         'grpc_service="edgebot.v1.PipelineService"}' in text
     )
     assert 'edgebot_service_serving{service="pipeline"} 1.0' in text
+
+
+def _full_collections(text: str) -> float:
+    found = re.search(
+        r'^edgebot_process_gc_pause_seconds_count\{generation="2"\} (\S+)$', text, re.M
+    )
+    assert found, "no gc pause histogram for generation 2"
+    return float(found.group(1))
+
+
+async def test_metrics_port_exposes_gc_pauses(pki: Pki) -> None:
+    config = make_config(PipelineServiceConfig, pki, "pipeline", server={"metrics_port": 0})
+    async with running(build(config)) as app:
+        url = f"http://127.0.0.1:{app.runtime.ports.metrics}/metrics"
+        before = _full_collections(await asyncio.to_thread(_fetch, url))
+        gc.collect()
+        gc.collect()
+        after = _full_collections(await asyncio.to_thread(_fetch, url))
+    assert after >= before + 2
+
+
+def test_gc_pauses_land_in_their_bucket() -> None:
+    pauses = GcPauses(buckets=(0.001, 0.01))
+    for started_ns, generation in ((0, 0), (5_000_000, 1), (50_000_000, 1)):
+        pauses.on_gc("start", {"generation": generation})
+        pauses._started_ns -= started_ns  # as if the collection began that long ago
+        pauses.on_gc("stop", {"generation": generation})
+    (family,) = pauses.collect()
+    buckets = {
+        (sample.labels["generation"], sample.labels["le"]): sample.value
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
+    assert buckets[("0", "0.001")] == 1
+    assert (buckets[("1", "0.001")], buckets[("1", "0.01")], buckets[("1", "+Inf")]) == (0, 1, 2)
+    sums = {s.labels["generation"]: s.value for s in family.samples if s.name.endswith("_sum")}
+    assert 0.055 <= sums["1"] < 0.06
+    assert buckets[("2", "+Inf")] == 0
 
 
 async def test_server_span_continues_the_callers_trace(

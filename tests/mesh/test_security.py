@@ -50,10 +50,17 @@ ALL_BUILDERS: dict[str, Callable[[Pki, Path], App]] = {
 async def call_with_bytes(
     channel: grpc.aio.Channel, service: ServiceDescriptor, method: MethodDescriptor, data: bytes
 ) -> None:
-    """Call any method with raw request bytes, reading the first answer (or the error)."""
+    """Call any method with raw request bytes, reading the first answer (or the error).
+
+    On a request stream, empty ``data`` means nothing is written, not even the end of the
+    requests: the server's answer to the call itself is asked for. A message written while
+    the server refuses the call can lose the race with the refusal, and gRPC then reports
+    INTERNAL instead of the server's status.
+    """
     path = f"/{service.full_name}/{method.name}"
     if method.client_streaming:
-        call = channel.stream_stream(path)(iter([data]), timeout=5)
+        opened = channel.stream_stream(path)
+        call = opened(iter([data]), timeout=5) if data else opened(timeout=5)
         await call.read()
         call.cancel()
     elif method.server_streaming:
