@@ -178,8 +178,11 @@ async def test_rotation_while_writing_and_a_restart_keeps_every_line_once(
         assert rotations_seen("truncate") - truncate_before == rotations
     elif pattern == "app.log*":
         # The renamed file stayed matched under its new name and was read on as the same file.
-        # A restart right after a rename may notice that rename once more.
-        assert rotations_seen("rename") - rename_before >= rotations
+        # A restart right after a rename may notice that rename once more. On a loaded
+        # machine a file can be created and renamed away between two polls: it is first
+        # seen under its rotated name, so that rename cannot be noticed (its lines are
+        # still read once, as asserted above).
+        assert 1 <= rotations_seen("rename") - rename_before <= rotations + 1
 
 
 def rotations_seen(kind: str) -> float:
