@@ -27,7 +27,7 @@ from ingest_svc import metrics
 from ingest_svc.coalescing import ProcessCoalescer, Processed, WriteCoalescer
 from ingest_svc.validation import CheckedBatch
 from mesh.errors import retry_delay_s
-from mesh.lockstep import RequestT, ResponseT, StreamPool, StreamUnsupported
+from mesh.lockstep import RequestNotSent, RequestT, ResponseT, StreamPool, StreamUnsupported
 from mesh.tracing import current_carrier
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,11 @@ async def _streamed(
         return await streams.call(message)
     except StreamUnsupported:
         log.warning("%s has no %s (an older release): unary calls", service, method)
+        return None
+    except RequestNotSent as error:
+        log.info(
+            "%s: a request could not be written on %s (%s): sent unary", service, method, error
+        )
         return None
     finally:
         metrics.DOWNSTREAM_SECONDS.labels(service).observe(time.perf_counter() - started)

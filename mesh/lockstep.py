@@ -42,6 +42,12 @@ class StreamUnsupported(Exception):
     """The server does not have the stream method; use the unary method instead."""
 
 
+class RequestNotSent(Exception):
+    """gRPC failed to write the request (INTERNAL from the send itself): the server ended
+    the stream first, for example refusing the method, and its status is lost. The request
+    never left, so the caller may send it another way."""
+
+
 @dataclass(frozen=True)
 class StreamPoolLimits:
     timeout_s: float
@@ -105,7 +111,7 @@ class StreamPool(Generic[RequestT, ResponseT]):
     async def _exchange(self, stream: _Stream, request: RequestT) -> ResponseT:
         try:
             async with asyncio.timeout(self.limits.timeout_s):
-                await write_message(stream.call, request)
+                await _write_request(stream.call, request)
                 response = await stream.call.read()
         except TimeoutError:
             raise local_rpc_error(
@@ -120,6 +126,15 @@ class StreamPool(Generic[RequestT, ResponseT]):
         if response is grpc.aio.EOF:
             raise await _ended_error(stream.call)
         return response  # type: ignore[no-any-return]
+
+
+async def _write_request(call: StreamCall, request: Any) -> None:
+    try:
+        await write_message(call, request)
+    except grpc.aio.AioRpcError as error:
+        if error.code() is grpc.StatusCode.INTERNAL:
+            raise RequestNotSent(error.details() or "INTERNAL") from error
+        raise
 
 
 async def write_message(call: StreamCall, message: Any) -> None:

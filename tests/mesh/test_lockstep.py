@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from mesh.lockstep import (
+    RequestNotSent,
     StreamDrain,
     StreamPool,
     StreamPoolLimits,
@@ -189,3 +190,30 @@ async def test_writing_to_a_server_that_is_not_there_raises_unavailable() -> Non
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await write_message(call, b"hello")
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+class _FailingSend:
+    """A stream whose send operation gRPC failed: the write raises INTERNAL."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def write(self, message: bytes) -> None:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.INTERNAL,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details="Internal error from Core",
+        )
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_a_request_gRPC_failed_to_write_is_reported_as_not_sent() -> None:
+    failing = _FailingSend()
+    streams: StreamPool[bytes, bytes] = StreamPool(lambda: failing, StreamPoolLimits(5, 300))
+    with pytest.raises(RequestNotSent):
+        await streams.call(b"hello")
+    assert failing.cancelled
+    assert streams.usable  # not taken for a missing method: the next call tries a stream
