@@ -22,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "Installing benchmark peers: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
+apt-get -o DPkg::Lock::Timeout=900 update -qq
 # rsyslog-pgsql asks dbconfig-common questions unless told not to configure a database.
 echo "rsyslog-pgsql rsyslog-pgsql/dbconfig-install boolean false" | debconf-set-selections
-apt-get install -y -qq --no-install-recommends "${missing[@]}"
+apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
