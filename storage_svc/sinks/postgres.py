@@ -148,6 +148,7 @@ def session_options(config: PostgresSection) -> dict[str, Any]:
             # public last: where extensions such as timescaledb put their functions.
             "search_path": f"{config.schema_name}, public",
             "statement_timeout": str(config.statement_timeout_ms),
+            "gin_pending_list_limit": str(config.gin_pending_list_limit_kb),
             "timezone": "UTC",
         },
     }

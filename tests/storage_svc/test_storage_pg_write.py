@@ -131,3 +131,40 @@ async def test_replicas_racing_with_overlapping_event_ids_store_each_once(
     assert sum(answer.written for answer in answers) == 325
     assert sum(answer.duplicates for answer in answers) == 100 * len(overlapping) - 325
     assert found == ids(events(range(325)))
+
+
+async def test_gin_pending_lists_are_merged_at_the_configured_size(
+    pki: Pki, pg_schema: PgSchema
+) -> None:
+    """Events inserted with many distinct attributes leave pending lists of at most the
+    configured 64 kB in the GIN indexes (PostgreSQL's default would hold 4 MB of them,
+    then merge it all in one commit), so no one write stalls the others for long."""
+    async with start_storage(pki, pg_schema) as app, StorageClients.connect(pki, app) as c:
+        for first in range(0, 4000, 200):
+            batch = [
+                event(
+                    number,
+                    attributes={"net.src_ip": f"10.{number % 251}.0.1", "pid": f"{number}"},
+                    tags={"site": f"s{number % 97}"},
+                )
+                for number in range(first, first + 200)
+            ]
+            await c.service.Write(write_request(batch))
+    conn = await pg_schema.connect()
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple SCHEMA public")
+        pending = await conn.fetch(
+            "SELECT parent.relname AS index, public.pgstatginindex(leaf.oid) AS stats "
+            "FROM pg_inherits JOIN pg_class parent ON parent.oid = inhparent "
+            "JOIN pg_class leaf ON leaf.oid = inhrelid "
+            "WHERE parent.relname IN ('events_attributes', 'events_tags') "
+            "AND parent.relnamespace = $1::regnamespace",
+            pg_schema.schema,
+        )
+    finally:
+        await conn.close()
+    assert {row["index"] for row in pending} == {"events_attributes", "events_tags"}
+    for row in pending:
+        _version, pending_pages, _pending_tuples = row["stats"]
+        assert pending_pages * 8 <= 64 + 8, (row["index"], pending_pages)
+    assert max(row["stats"][2] for row in pending) > 0, "the writes went through pending lists"
