@@ -33,6 +33,7 @@ def shipper_settings(args: argparse.Namespace) -> dict[str, Any]:
         "batch_max_events": args.batch_max_events,
         "batch_max_wait_s": args.batch_max_wait_s,
         "adaptive_max_events": args.adaptive_max_events,
+        "send_when_idle": args.send_when_idle,
     }
 
 
@@ -163,7 +164,7 @@ async def run_scaleout(
         mothership.stop()
     print(f"scale-out: {once}", flush=True)
     mothership = await with_mothership(args, server, work, pki)
-    modest = shipper | {"batch_max_wait_s": args.scale_batch_wait_s}
+    modest = shipper | {"batch_max_wait_s": args.scale_batch_wait_s, "send_when_idle": False}
     try:
         fleet = Fleet(work / "many", pki, args.scale_agents, args.fleet_procs, modest)
         many = await many_agents(mothership, server, fleet, args.scale_rate, args.scale_seconds)

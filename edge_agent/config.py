@@ -367,6 +367,14 @@ class ShipperSection(Section):
     batch_max_wait_s: float = Field(
         1.0, ge=0, description="A partial batch is sent once its oldest event waited this long."
     )
+    send_when_idle: bool = Field(
+        False,
+        description="Send what is spooled at once while no batch on the stream awaits its "
+        "ack, instead of waiting up to batch_max_wait_s; while batches are in flight, new "
+        "events still gather into the next one (as TCP's Nagle algorithm does). Lowest "
+        "latency, but at low rates nearly every arrival becomes its own batch, and each "
+        "batch has a fixed cost in every hop.",
+    )
     backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay.")
     backoff_max_s: float = Field(30.0, gt=0, description="Reconnect delays double up to this.")
     breaker_failures: int = Field(

@@ -85,8 +85,10 @@ async def next_batch(
     max_bytes: int,
     max_wait_s: float,
     draining: Callable[[], bool],
+    idle: Callable[[], bool] = lambda: False,
 ) -> SpooledBatch:
-    """Wait until a full batch is spooled, or the oldest waiting event waited long enough."""
+    """Wait until a full batch is spooled, the oldest waiting event waited long enough, or
+    (when ``idle`` says so) nothing awaits an ack, so a batch sent now waits behind none."""
     max_wait_ns = int(max_wait_s * NS_PER_S)
     while True:
         spool.appended.clear()
@@ -97,7 +99,7 @@ async def next_batch(
         if waiting.oldest_appended_ns is not None:
             age_ns = now_ns() - waiting.oldest_appended_ns
             full = waiting.count >= target
-            if full or age_ns >= max_wait_ns or draining():
+            if full or age_ns >= max_wait_ns or draining() or idle():
                 batch = await spool.form_batch(target, max_bytes)
                 if batch is not None:
                     backlog = waiting.count - len(batch.events)
@@ -418,7 +420,11 @@ class _Stream:
             self.max_bytes,
             self.settings.batch_max_wait_s,
             lambda: self.shipper.draining,
+            self._idle,
         )
+
+    def _idle(self) -> bool:
+        return self.settings.send_when_idle and not self.in_flight
 
     async def _send(self, batch: SpooledBatch, retry_reason: str | None) -> None:
         self.in_flight[batch.batch_id] = batch
@@ -491,6 +497,9 @@ class _Stream:
         self.shipper.stats.count(ack)
         del self.in_flight[batch.batch_id]
         self.slots.release()
+        if self._idle():
+            # Wakes a send loop waiting out batch_max_wait_s: what waits can go now.
+            self.spool.appended.set()
         metrics.LAST_SHIP.set(time.time())
         self.shipper.progress.set()
 

@@ -476,3 +476,44 @@ async def test_adaptive_batches_grow_with_a_backlog_then_shrink_when_quiet(
         assert REGISTRY.get_sample_value("edgebot_shipper_batch_target_events") == 100
     assert set(double.store.counts) == {e.id for e in backlog + quiet}
     assert max(double.store.counts.values()) == 1
+
+
+async def test_send_when_idle_ships_at_once_and_gathers_while_a_batch_is_in_flight(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    release_first = asyncio.Event()
+
+    async def hold_the_first(batch: event_pb2.EventBatch) -> ingest_pb2.BatchAck:
+        if len(double.batches) == 1:
+            await release_first.wait()
+        return await ok(batch)
+
+    double = IngestDouble(limits(window=4), hold_the_first)
+    server = await serve(pki, servers, double)
+    shipper = {"batch_max_wait_s": 30, "send_when_idle": True}
+    config = agent_config(pki, tmp_path, [server.address], shipper=shipper)
+    async with Agent(config) as agent:
+        first = await agent.add(1, "first")
+        await eventually(lambda: len(double.batches) == 1, within=5, what="the lone event sent")
+        later = await agent.add(3, "second")
+        await asyncio.sleep(0.3)
+        assert len(double.batches) == 1, "events gather while a batch awaits its ack"
+        release_first.set()
+        await eventually(lambda: agent.spool.events == 0, within=5, what="the rest sent")
+    assert [[e.id for e in b.events] for b in double.batches] == [
+        [e.id for e in first],
+        [e.id for e in later],
+    ]
+
+
+async def test_without_send_when_idle_a_partial_batch_waits_out_its_max_wait(
+    pki: Pki, tmp_path: Path, servers: list[IngestServer]
+) -> None:
+    double = IngestDouble(limits(window=4), ok)
+    server = await serve(pki, servers, double)
+    config = agent_config(pki, tmp_path, [server.address], shipper={"batch_max_wait_s": 0.6})
+    async with Agent(config) as agent:
+        await agent.add(1)
+        await asyncio.sleep(0.3)
+        assert not double.batches
+        await eventually(lambda: agent.spool.events == 0, within=5, what="the batch sent")
