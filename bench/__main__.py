@@ -33,8 +33,8 @@ def parser() -> argparse.ArgumentParser:
     add("--fleet-procs", type=int, default=2, help="processes the simulated agents run in")
     add("--batch-max-events", type=int, default=500, help="shipper.batch_max_events")
     add("--batch-max-wait-s", type=float, default=0.02, help="shipper.batch_max_wait_s")
-    add("--send-when-idle", action=argparse.BooleanOptionalAction, default=False,
-        help="shipper.send_when_idle (not in the many-streams run)")  # fmt: skip
+    add("--send-when-idle", action=argparse.BooleanOptionalAction, default=True,
+        help="shipper.send_when_idle (the 200-agent run keeps the default, off)")  # fmt: skip
     add("--adaptive-max-events", type=int, default=5000, help="shipper.adaptive_max_events")
     add("--limit-events", type=int, default=100_000, help="rows per raw COPY configuration")
     add("--limit-batches", type=int, nargs="+", default=[1000, 5000], help="COPY batch sizes")

@@ -20,7 +20,7 @@ from typing import Any
 
 from bench.fleet import FleetResult, FleetSpec
 from bench.mothership import Mothership
-from bench.pg import ROOT, PgServer
+from bench.pg import ROOT, PgServer, checkpoint
 from bench.procs import Sampler, Watched
 
 
@@ -122,6 +122,7 @@ async def run_phase(
     during: contextlib.AbstractAsyncContextManager[Any] | None = None,
 ) -> PhaseResult:
     """One phase; ``during`` (a profiler) is entered once the fleet has been told to go."""
+    await checkpoint(server)
     children = [start_fleet(spec, n) for n, spec in enumerate(specs)]
     try:
         for child, _ in children:
