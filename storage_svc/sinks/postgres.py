@@ -221,6 +221,11 @@ class PostgresSink:
             _write_alone,
         )
 
+    @property
+    def writes_waiting(self) -> int:
+        """Batches queued for a write transaction (all max_concurrent_writes are busy)."""
+        return len(self._group.waiting)
+
     async def _connect(self) -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
             self.config.dsn, timeout=self.config.connect_timeout_s, **self._session()

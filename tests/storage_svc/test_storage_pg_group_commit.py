@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -23,7 +24,9 @@ from storage_helpers import (
 from support import Pki
 
 from gen.edgebot.v1 import event_pb2, storage_pb2
+from storage_svc import StorageApp
 from storage_svc.config import PostgresSection
+from storage_svc.sinks.postgres import PostgresSink
 from storage_svc.sinks.postgres_schema import SEQ_LOCK
 
 ONE_WRITE_AT_A_TIME = {"postgres": {"max_concurrent_writes": 1}}
@@ -54,6 +57,15 @@ async def blocked_on_lock(store: PgSchema) -> None:
         await conn.close()
 
 
+async def writes_waiting(app: StorageApp, count: int) -> None:
+    assert isinstance(app.sink, PostgresSink)
+    deadline = time.monotonic() + 5
+    # Polled: the sink's queue has no event to wait on.
+    while app.sink.writes_waiting < count:
+        assert time.monotonic() < deadline, f"{app.sink.writes_waiting} of {count} writes queued"
+        await asyncio.sleep(0.01)
+
+
 async def test_waiting_batches_are_committed_together_each_with_its_own_answer(
     pki: Pki, pg_schema: PgSchema
 ) -> None:
@@ -76,11 +88,12 @@ async def test_waiting_batches_are_committed_together_each_with_its_own_answer(
             in_flight = asyncio.ensure_future(c.service.Write(first))
             await blocked_on_lock(pg_schema)
             before = group_counts()
-            queued = [
-                asyncio.ensure_future(c.service.Write(request))
-                for request in (second, overlapping, resent, with_letter)
-            ]
-            await asyncio.sleep(0.2)  # every queued write reaches the sink
+            queued = []
+            # One at a time: concurrent calls may reach the server in any order, and the
+            # answers below depend on the order the group holds them in.
+            for request in (second, overlapping, resent, with_letter):
+                queued.append(asyncio.ensure_future(c.service.Write(request)))
+                await writes_waiting(app, len(queued))
         answers = await asyncio.gather(in_flight, *queued)
         after = group_counts()
         stored = ids((await c.operator.QueryEvents(storage_pb2.QueryEventsRequest(
@@ -117,7 +130,7 @@ async def test_a_batch_that_fails_its_group_fails_alone(pki: Pki, pg_schema: PgS
                 asyncio.ensure_future(c.service.Write(request))
                 for request in (healthy[0], poisoned, healthy[1])
             ]
-            await asyncio.sleep(0.2)
+            await writes_waiting(app, len(queued))
         answers = await asyncio.gather(in_flight, *queued, return_exceptions=True)
         stored = ids((await c.operator.QueryEvents(storage_pb2.QueryEventsRequest(
             page_size=1000, order=storage_pb2.SORT_ORDER_OLDEST_FIRST))).events)  # fmt: skip
