@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -21,7 +20,7 @@ from storage_helpers import (
     start_storage,
     write_request,
 )
-from support import Pki
+from support import Pki, eventually
 
 from gen.edgebot.v1 import event_pb2, storage_pb2
 from storage_svc import StorageApp
@@ -58,12 +57,9 @@ async def blocked_on_lock(store: PgSchema) -> None:
 
 
 async def writes_waiting(app: StorageApp, count: int) -> None:
-    assert isinstance(app.sink, PostgresSink)
-    deadline = time.monotonic() + 5
-    # Polled: the sink's queue has no event to wait on.
-    while app.sink.writes_waiting < count:
-        assert time.monotonic() < deadline, f"{app.sink.writes_waiting} of {count} writes queued"
-        await asyncio.sleep(0.01)
+    sink = app.sink
+    assert isinstance(sink, PostgresSink)
+    await eventually(lambda: sink.writes_waiting >= count, what=f"{count} writes queued")
 
 
 async def test_waiting_batches_are_committed_together_each_with_its_own_answer(
