@@ -18,17 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry import trace
 
 from edge_agent import metrics
 from edge_agent.config import AgentConfig
 from edge_agent.file_output import BatchFileWriter, FileOutputError
 from edge_agent.spool import Spool, SpooledBatch
-from gen.edgebot.v1 import ingest_pb2, ingest_pb2_grpc
+from gen.edgebot.v1 import encoded_pb2, ingest_pb2
 from mesh import tracing
 from mesh.backoff import backoff_delay
 from mesh.breaker import BreakerState, CircuitBreaker
 from mesh.channel import open_channel
+from mesh.encoded import method_path, stream_call
 from mesh.errors import retry_delay_s
 from mesh.lockstep import write_message
 from mesh.timeutil import NS_PER_S, now_ns
@@ -42,7 +44,9 @@ DEFAULT_MAX_BATCH_BYTES = 4 * 1024 * 1024
 _STATUS_NAMES = {
     value: name.removeprefix("ACK_STATUS_").lower() for name, value in ingest_pb2.AckStatus.items()
 }
-StreamCall = grpc.aio.StreamStreamCall[ingest_pb2.StreamRequest, ingest_pb2.StreamResponse]
+# Batches go as EncodedStreamRequest (their events as spooled), the hello as StreamRequest.
+StreamCall = grpc.aio.StreamStreamCall[Message, ingest_pb2.StreamResponse]
+STREAM = method_path(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"], "Stream")
 
 
 class StreamEndedError(Exception):
@@ -337,7 +341,7 @@ class _Session:
             gzip=self.settings.gzip,
         )
         try:
-            call: StreamCall = ingest_pb2_grpc.IngestServiceStub(channel).Stream()
+            call: StreamCall = stream_call(channel, STREAM, ingest_pb2.StreamResponse.FromString)()
             limits = await self._handshake(call)
             self.established = True
             metrics.CONNECTED.set(1)
@@ -428,11 +432,12 @@ class _Stream:
 
     async def _send(self, batch: SpooledBatch, retry_reason: str | None) -> None:
         self.in_flight[batch.batch_id] = batch
-        proto = batch.to_proto(self.shipper.agent_id, is_retry=retry_reason is not None)
-        proto.trace_context.update(self._start_span(batch, retry_reason))
+        request = encoded_pb2.EncodedStreamRequest()
+        batch.fill(request.batch, self.shipper.agent_id, is_retry=retry_reason is not None)
+        request.batch.trace_context.update(self._start_span(batch, retry_reason))
         async with self.write_lock:
             await self.shipper.copy_to_archive(batch)
-            await write_message(self.call, ingest_pb2.StreamRequest(batch=proto))
+            await write_message(self.call, request)
         metrics.BATCHES_SENT.inc()
         if retry_reason is not None:
             metrics.BATCHES_RETRIED.labels(retry_reason).inc()

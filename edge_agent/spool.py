@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from edge_agent import metrics
-from gen.edgebot.v1 import event_pb2
+from gen.edgebot.v1 import encoded_pb2, event_pb2
 from mesh.ids import uuid7
 from mesh.timeutil import now_ns
 
@@ -139,13 +139,11 @@ class SpooledBatch:
     seq: int
     events: tuple[bytes, ...]
 
-    def to_proto(self, agent_id: str, is_retry: bool) -> event_pb2.EventBatch:
-        batch = event_pb2.EventBatch(
-            batch_id=self.batch_id, agent_id=agent_id, seq=self.seq, is_retry=is_retry
-        )
-        for data in self.events:
-            batch.events.add().MergeFromString(data)
-        return batch
+    def fill(self, batch: encoded_pb2.EncodedEventBatch, agent_id: str, is_retry: bool) -> None:
+        """Write this batch into ``batch``, its events as spooled: encoded, not parsed."""
+        batch.batch_id, batch.agent_id, batch.seq = self.batch_id, agent_id, self.seq
+        batch.is_retry = is_retry
+        batch.events.extend(self.events)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,9 @@ stream (ProcessStream, WriteStream) when one is given and the service has it.
 The pipeline answers in terms of the merged event list (passed events in input order,
 refusals by index); ``split`` turns that back into one answer per batch. WriteMany answers
 each write on its own.
+
+Events travel here encoded (encoded.proto): ingest only forwards them, so it neither
+copies them into requests nor parses the ones the pipeline answers with.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import context as otel_context
 
-from gen.edgebot.v1 import event_pb2, pipeline_pb2, storage_pb2
+from gen.edgebot.v1 import encoded_pb2, event_pb2, storage_pb2
 from ingest_svc import metrics
 from mesh.coalescing import Coalescer
 from mesh.errors import local_rpc_error
 
-ProcessCall = Callable[[pipeline_pb2.ProcessRequest], Awaitable[pipeline_pb2.ProcessResponse]]
-WriteCall = Callable[[storage_pb2.WriteRequest], Awaitable[storage_pb2.WriteResponse]]
-WriteManyCall = Callable[[storage_pb2.WriteManyRequest], Awaitable[storage_pb2.WriteManyResponse]]
+ProcessCall = Callable[
+    [encoded_pb2.EncodedProcessRequest], Awaitable[encoded_pb2.EncodedProcessResponse]
+]
+WriteCall = Callable[[encoded_pb2.EncodedWriteRequest], Awaitable[storage_pb2.WriteResponse]]
+WriteManyCall = Callable[
+    [encoded_pb2.EncodedWriteManyRequest], Awaitable[storage_pb2.WriteManyResponse]
+]
 # Streamed calls answer None when no stream can carry the request (the unary call then does).
 ProcessStreamCall = Callable[
-    [pipeline_pb2.ProcessStreamRequest], Awaitable[pipeline_pb2.ProcessResponse | None]
+    [encoded_pb2.EncodedProcessStreamRequest],
+    Awaitable[encoded_pb2.EncodedProcessResponse | None],
 ]
 WriteStreamCall = Callable[
-    [list[storage_pb2.WriteRequest]], Awaitable[Sequence[storage_pb2.WriteResult] | None]
+    [list[encoded_pb2.EncodedWriteRequest]], Awaitable[Sequence[storage_pb2.WriteResult] | None]
 ]
 
 
@@ -38,19 +46,20 @@ WriteStreamCall = Callable[
 class Processed:
     """The pipeline's answer for one batch: indexes are positions in the events it sent."""
 
-    events: Sequence[event_pb2.Event]
+    events: Sequence[bytes]
+    """The passed events, encoded."""
     rejected: Sequence[event_pb2.DeadLetter]
     quarantined: Sequence[event_pb2.QuarantinedEvent]
 
     @classmethod
-    def of(cls, response: pipeline_pb2.ProcessResponse) -> Processed:
+    def of(cls, response: encoded_pb2.EncodedProcessResponse) -> Processed:
         return cls(response.events, response.rejected, response.quarantined)
 
 
 @dataclass
 class _Request:
-    header: event_pb2.EventBatch
-    events: list[event_pb2.Event]
+    header: encoded_pb2.EncodedEventBatch
+    events: list[bytes]
     trace: otel_context.Context
 
 
@@ -69,9 +78,10 @@ class ProcessCoalescer:
         )
 
     async def process(
-        self, header: event_pb2.EventBatch, events: list[event_pb2.Event]
+        self, header: encoded_pb2.EncodedEventBatch, events: list[bytes]
     ) -> Processed:
-        """The pipeline's answer for these events alone (indexes relative to ``events``).
+        """The pipeline's answer for these encoded events alone (indexes relative to
+        ``events``).
 
         Raises the call's ``grpc.aio.AioRpcError`` when the call carrying them failed."""
         return await self.coalescer.submit(_Request(header, events, otel_context.get_current()))
@@ -79,7 +89,7 @@ class ProcessCoalescer:
     async def _send(self, group: list[_Request]) -> list[Processed]:
         metrics.PIPELINE_CALL_BATCHES.observe(len(group))
         # Built inside the stream message, so the unary fallback sends it without a copy.
-        message = pipeline_pb2.ProcessStreamRequest()
+        message = encoded_pb2.EncodedProcessStreamRequest()
         request = message.request
         request.batch.CopyFrom(group[0].header)
         for item in group:
@@ -99,7 +109,7 @@ class ProcessCoalescer:
 
 @dataclass
 class _Write:
-    request: storage_pb2.WriteRequest
+    request: encoded_pb2.EncodedWriteRequest
     trace: otel_context.Context
 
 
@@ -125,7 +135,7 @@ class WriteCoalescer:
             _refused_as_a_whole,
         )
 
-    async def write(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResult:
+    async def write(self, request: encoded_pb2.EncodedWriteRequest) -> storage_pb2.WriteResult:
         """This write's own result. Raises the call's ``grpc.aio.AioRpcError`` when the
         call carrying it failed as a whole."""
         return await self.coalescer.submit(_Write(request, otel_context.get_current()))
@@ -149,11 +159,11 @@ class WriteCoalescer:
         return list(results)
 
     async def _unary(
-        self, requests: list[storage_pb2.WriteRequest]
+        self, requests: list[encoded_pb2.EncodedWriteRequest]
     ) -> Sequence[storage_pb2.WriteResult]:
         if len(requests) == 1:
             return [storage_pb2.WriteResult(written=await self.write_one(requests[0]))]
-        response = await self.write_many(storage_pb2.WriteManyRequest(writes=requests))
+        response = await self.write_many(encoded_pb2.EncodedWriteManyRequest(writes=requests))
         return response.results
 
 
@@ -166,7 +176,7 @@ def _refused_as_a_whole(error: BaseException) -> bool:
     )
 
 
-def split(response: pipeline_pb2.ProcessResponse, counts: list[int]) -> list[Processed]:
+def split(response: encoded_pb2.EncodedProcessResponse, counts: list[int]) -> list[Processed]:
     """One answer per part of a merged request whose parts held ``counts`` events."""
     starts = list(itertools.accumulate(counts, initial=0))[:-1]
     rejected: list[list[event_pb2.DeadLetter]] = [[] for _ in counts]

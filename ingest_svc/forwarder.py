@@ -16,16 +16,16 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from gen.edgebot.v1 import (
+    encoded_pb2,
     event_pb2,
     ingest_pb2,
     pipeline_pb2,
-    pipeline_pb2_grpc,
     storage_pb2,
-    storage_pb2_grpc,
 )
 from ingest_svc import metrics
 from ingest_svc.coalescing import ProcessCoalescer, Processed, WriteCoalescer
 from ingest_svc.validation import CheckedBatch
+from mesh.encoded import method_path, stream_call, unary_call
 from mesh.errors import retry_delay_s
 from mesh.lockstep import RequestNotSent, RequestT, ResponseT, StreamPool, StreamUnsupported
 from mesh.tracing import current_carrier
@@ -86,8 +86,37 @@ class ForwardLimits:
     max_storage_call_events: int = 5_000
 
 
-ProcessStreams = StreamPool[pipeline_pb2.ProcessStreamRequest, pipeline_pb2.ProcessStreamResponse]
-WriteStreams = StreamPool[storage_pb2.WriteStreamRequest, storage_pb2.WriteStreamResponse]
+ProcessStreams = StreamPool[
+    encoded_pb2.EncodedProcessStreamRequest, encoded_pb2.EncodedProcessStreamResponse
+]
+WriteStreams = StreamPool[encoded_pb2.EncodedWriteStreamRequest, storage_pb2.WriteStreamResponse]
+PIPELINE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"]
+STORAGE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"]
+
+
+class PipelineCalls:
+    """The PipelineService methods ingest calls: requests and answers as Encoded views."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        answer = encoded_pb2.EncodedProcessResponse.FromString
+        streamed = encoded_pb2.EncodedProcessStreamResponse.FromString
+        self.Process = unary_call(channel, method_path(PIPELINE, "Process"), answer)
+        self.ProcessStream = stream_call(channel, method_path(PIPELINE, "ProcessStream"), streamed)
+
+
+class StorageCalls:
+    """The StorageService methods ingest calls; their requests may be Encoded views."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.Write = unary_call(
+            channel, method_path(STORAGE, "Write"), storage_pb2.WriteResponse.FromString
+        )
+        self.WriteMany = unary_call(
+            channel, method_path(STORAGE, "WriteMany"), storage_pb2.WriteManyResponse.FromString
+        )
+        self.WriteStream = stream_call(
+            channel, method_path(STORAGE, "WriteStream"), storage_pb2.WriteStreamResponse.FromString
+        )
 
 
 @dataclass
@@ -105,8 +134,8 @@ class DownstreamStreams:
 class Forwarder:
     def __init__(
         self,
-        pipeline: pipeline_pb2_grpc.PipelineServiceAsyncStub,
-        storage: storage_pb2_grpc.StorageServiceAsyncStub,
+        pipeline: PipelineCalls,
+        storage: StorageCalls,
         limits: ForwardLimits,
         streams: DownstreamStreams | None = None,
     ) -> None:
@@ -145,7 +174,8 @@ class Forwarder:
         """The pipeline's answer, its indexes turned into positions in ``batch``."""
         if not checked.valid:
             return Processed([], [], [])
-        processed = await self.coalescer.process(_copy_header(batch), checked.valid)
+        encoded = [event.SerializeToString() for event in checked.valid]
+        processed = await self.coalescer.process(_copy_header(batch), encoded)
         if len(checked.valid_index) == len(batch.events):
             return processed
         position = checked.valid_index
@@ -156,8 +186,8 @@ class Forwarder:
         return processed
 
     async def _call_pipeline(
-        self, request: pipeline_pb2.ProcessRequest
-    ) -> pipeline_pb2.ProcessResponse:
+        self, request: encoded_pb2.EncodedProcessRequest
+    ) -> encoded_pb2.EncodedProcessResponse:
         started = time.perf_counter()
         try:
             return await self.pipeline.Process(request, timeout=self.pipeline_timeout_s)
@@ -165,18 +195,20 @@ class Forwarder:
             metrics.DOWNSTREAM_SECONDS.labels("pipeline").observe(time.perf_counter() - started)
 
     async def _stream_pipeline(
-        self, message: pipeline_pb2.ProcessStreamRequest
-    ) -> pipeline_pb2.ProcessResponse | None:
+        self, message: encoded_pb2.EncodedProcessStreamRequest
+    ) -> encoded_pb2.EncodedProcessResponse | None:
         assert self.streams is not None
         message.trace_context.update(current_carrier())
         answer = await _streamed(self.streams.process, message, "pipeline", "ProcessStream")
         return None if answer is None else answer.response
 
     async def _stream_writes(
-        self, requests: list[storage_pb2.WriteRequest]
+        self, requests: list[encoded_pb2.EncodedWriteRequest]
     ) -> Sequence[storage_pb2.WriteResult] | None:
         assert self.streams is not None
-        message = storage_pb2.WriteStreamRequest(writes=requests, trace_context=current_carrier())
+        message = encoded_pb2.EncodedWriteStreamRequest(
+            writes=requests, trace_context=current_carrier()
+        )
         answer = await _streamed(self.streams.write, message, "storage", "WriteStream")
         return None if answer is None else answer.results
 
@@ -186,7 +218,7 @@ class Forwarder:
         checked: CheckedBatch,
         processed: Processed,
     ) -> storage_pb2.WriteResult:
-        request = storage_pb2.WriteRequest(batch=_copy_header(batch))
+        request = encoded_pb2.EncodedWriteRequest(batch=_copy_header(batch))
         request.batch.events.extend(processed.events)
         request.dead_letters.extend(checked.dead_letters)
         for rejected in processed.rejected:
@@ -196,7 +228,9 @@ class Forwarder:
         request.quarantined.extend(processed.quarantined)
         return await self.writes.write(request)
 
-    async def _call_write(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResponse:
+    async def _call_write(
+        self, request: encoded_pb2.EncodedWriteRequest
+    ) -> storage_pb2.WriteResponse:
         started = time.perf_counter()
         try:
             return await self.storage.Write(request, timeout=self.storage_timeout_s)
@@ -204,7 +238,7 @@ class Forwarder:
             metrics.DOWNSTREAM_SECONDS.labels("storage").observe(time.perf_counter() - started)
 
     async def _call_write_many(
-        self, request: storage_pb2.WriteManyRequest
+        self, request: encoded_pb2.EncodedWriteManyRequest
     ) -> storage_pb2.WriteManyResponse:
         started = time.perf_counter()
         try:
@@ -217,7 +251,7 @@ class Forwarder:
     ) -> Delivery:
         """Store refused input in the dead-letter store under the batch's ledger id; OK only
         once the primary sink committed it."""
-        request = storage_pb2.WriteRequest(batch=_copy_header(batch), dead_letters=letters)
+        request = encoded_pb2.EncodedWriteRequest(batch=_copy_header(batch), dead_letters=letters)
         started = time.perf_counter()
         try:
             written = await self.storage.Write(request, timeout=self.storage_timeout_s)
@@ -279,8 +313,8 @@ async def _streamed(
         metrics.DOWNSTREAM_SECONDS.labels(service).observe(time.perf_counter() - started)
 
 
-def _copy_header(batch: event_pb2.EventBatch) -> event_pb2.EventBatch:
-    return event_pb2.EventBatch(
+def _copy_header(batch: event_pb2.EventBatch) -> encoded_pb2.EncodedEventBatch:
+    return encoded_pb2.EncodedEventBatch(
         batch_id=batch.batch_id, agent_id=batch.agent_id, seq=batch.seq, is_retry=batch.is_retry
     )
 

@@ -18,14 +18,19 @@ from gen.edgebot.v1 import (
     event_pb2,
     ingest_pb2,
     pipeline_pb2,
-    pipeline_pb2_grpc,
     storage_pb2,
-    storage_pb2_grpc,
 )
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.decoding import Incoming, Problem, decode_push_request, decode_stream_request
-from ingest_svc.forwarder import Delivery, DownstreamStreams, Forwarder, ForwardLimits
+from ingest_svc.forwarder import (
+    Delivery,
+    DownstreamStreams,
+    Forwarder,
+    ForwardLimits,
+    PipelineCalls,
+    StorageCalls,
+)
 from ingest_svc.nats_input import NatsInput
 from ingest_svc.validation import CheckedBatch, batch_problem, check_events, hello_problem
 from mesh import AccessPolicy, Kind, Principal, ServiceRuntime, current_principal, kinds, tracing
@@ -502,12 +507,8 @@ class IngestApp:
         if not config.ingest.downstream_streams:
             return None
         max_age_s = config.ingest.downstream_stream_max_age_s
-        pipeline = pipeline_pb2_grpc.PipelineServiceStub(
-            self._channel(config.pipeline, PIPELINE_SERVICE, traced=False)
-        )
-        storage = storage_pb2_grpc.StorageServiceStub(
-            self._channel(config.storage, STORAGE_SERVICE, traced=False)
-        )
+        pipeline = PipelineCalls(self._channel(config.pipeline, PIPELINE_SERVICE, traced=False))
+        storage = StorageCalls(self._channel(config.storage, STORAGE_SERVICE, traced=False))
         return DownstreamStreams(
             process=StreamPool(
                 pipeline.ProcessStream, StreamPoolLimits(config.pipeline.timeout_s, max_age_s)
@@ -523,8 +524,8 @@ class IngestApp:
         pipeline = self._channel(config.pipeline, PIPELINE_SERVICE)
         storage = self._channel(config.storage, STORAGE_SERVICE)
         forwarder = Forwarder(
-            pipeline_pb2_grpc.PipelineServiceStub(pipeline),
-            storage_pb2_grpc.StorageServiceStub(storage),
+            PipelineCalls(pipeline),
+            StorageCalls(storage),
             ForwardLimits(
                 pipeline_timeout_s=config.pipeline.timeout_s,
                 storage_timeout_s=config.storage.timeout_s,

@@ -1,4 +1,7 @@
-"""PipelineService servicer: protobuf in and out; the work is in pipeline.py."""
+"""PipelineService servicer: protobuf in and out; the work is in pipeline.py.
+
+Answers carry the passed events encoded (encoded.proto): each event is serialized once,
+where building a ProcessResponse would copy every event into it first."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from gen.edgebot.v1 import event_pb2, pipeline_pb2, pipeline_pb2_grpc
+from gen.edgebot.v1 import encoded_pb2, event_pb2, pipeline_pb2, pipeline_pb2_grpc
 from mesh import AccessPolicy, Kind, ServiceRuntime, kinds
 from mesh.config import ConfigError
+from mesh.encoded import add_answering_any_message
 from mesh.errors import abort_invalid
 from mesh.lockstep import StreamDrain, request_span
 from mesh.types import Context
@@ -40,7 +44,7 @@ def _stats(name: str, totals: ProcessorTotals) -> pipeline_pb2.ProcessorStats:
     return stats
 
 
-class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
+class PipelineServicer:
     def __init__(self, pipeline: Pipeline, max_batch_events: int) -> None:
         self.pipeline = pipeline
         self.max_batch_events = max_batch_events
@@ -51,20 +55,29 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
 
     async def Process(
         self, request: pipeline_pb2.ProcessRequest, context: Context
-    ) -> pipeline_pb2.ProcessResponse:
-        return await self._processed(request, context, "batch.events")
+    ) -> encoded_pb2.EncodedProcessResponse:
+        answer = encoded_pb2.EncodedProcessResponse()
+        await self._processed(request, context, "batch.events", answer)
+        return answer
 
     async def ProcessStream(
         self, requests: AsyncIterator[pipeline_pb2.ProcessStreamRequest], context: Context
-    ) -> AsyncIterator[pipeline_pb2.ProcessStreamResponse]:
+    ) -> AsyncIterator[encoded_pb2.EncodedProcessStreamResponse]:
         async for message in self.streams.requests(requests):
+            answer = encoded_pb2.EncodedProcessStreamResponse()
             with request_span(PROCESS_STREAM, message.trace_context):
-                response = await self._processed(message.request, context, "request.batch.events")
-            yield pipeline_pb2.ProcessStreamResponse(response=response)
+                await self._processed(
+                    message.request, context, "request.batch.events", answer.response
+                )
+            yield answer
 
     async def _processed(
-        self, request: pipeline_pb2.ProcessRequest, context: Context, field: str
-    ) -> pipeline_pb2.ProcessResponse:
+        self,
+        request: pipeline_pb2.ProcessRequest,
+        context: Context,
+        field: str,
+        answer: encoded_pb2.EncodedProcessResponse,
+    ) -> None:
         count = len(request.batch.events)
         if count > self.max_batch_events:
             await abort_invalid(
@@ -72,7 +85,7 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
             )
         result = await self.pipeline.run(list(request.batch.events))
         self._count(count, result)
-        return _response(result)
+        _fill(answer, result)
 
     def _count(self, count: int, result: BatchResult) -> None:
         for name, totals in result.per_processor:
@@ -112,8 +125,8 @@ class PipelineServicer(pipeline_pb2_grpc.PipelineServiceServicer):
         )
 
 
-def _response(result: BatchResult) -> pipeline_pb2.ProcessResponse:
-    response = pipeline_pb2.ProcessResponse(events=result.events)
+def _fill(response: encoded_pb2.EncodedProcessResponse, result: BatchResult) -> None:
+    response.events.extend([event.SerializeToString() for event in result.events])
     for rejection in result.rejected:
         response.rejected.append(
             event_pb2.DeadLetter(
@@ -137,7 +150,6 @@ def _response(result: BatchResult) -> pipeline_pb2.ProcessResponse:
             )
         )
     response.stats.extend(_stats(name, totals) for name, totals in result.per_processor)
-    return response
 
 
 class PipelineApp:
@@ -151,8 +163,8 @@ class PipelineApp:
             config=config,
             policy=POLICY,
             service_names=[SERVICE_NAME],
-            register=lambda server: pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(
-                self.servicer, server
+            register=lambda server: add_answering_any_message(
+                pipeline_pb2_grpc.add_PipelineServiceServicer_to_server, self.servicer, server
             ),
         )
         self.runtime.before_drain.append(self._end_streams)

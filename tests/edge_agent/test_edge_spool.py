@@ -10,8 +10,8 @@ from edge_helpers import make_event
 from prometheus_client import REGISTRY
 
 from edge_agent.inputs.base import hand_to_spool
-from edge_agent.spool import Spool
-from gen.edgebot.v1 import event_pb2
+from edge_agent.spool import Spool, SpooledBatch
+from gen.edgebot.v1 import encoded_pb2, event_pb2
 
 
 def dropped(reason: str) -> float:
@@ -130,7 +130,8 @@ async def test_corrupt_file_is_moved_aside(
 
 async def test_batches_keep_id_and_seq_across_reopen(tmp_path: Path) -> None:
     spool = await opened(tmp_path / "s.db")
-    await spool.append([make_event(f"m{i}") for i in range(5)])
+    events = [make_event(f"m{i}") for i in range(5)]
+    await spool.append(events)
     first = await spool.form_batch(3, 1 << 20)
     second = await spool.form_batch(3, 1 << 20)
     assert first is not None
@@ -149,14 +150,23 @@ async def test_batches_keep_id_and_seq_across_reopen(tmp_path: Path) -> None:
     third = await reopened.form_batch(3, 1 << 20)
     assert third is not None
     assert third.seq == second.seq + 1
-    proto = second.to_proto("site-a", is_retry=True)
-    assert (proto.batch_id, proto.seq, proto.is_retry, len(proto.events)) == (
+    proto = as_sent(second, is_retry=True)
+    assert (proto.batch_id, proto.agent_id, proto.seq, proto.is_retry, len(proto.events)) == (
         second.batch_id,
+        "site-a",
         second.seq,
         True,
         2,
     )
+    assert [e.message for e in proto.events] == [e.message for e in events[3:5]]
     await reopened.close()
+
+
+def as_sent(batch: SpooledBatch, is_retry: bool) -> event_pb2.EventBatch:
+    """The batch as ingest reads what the shipper writes."""
+    encoded = encoded_pb2.EncodedEventBatch()
+    batch.fill(encoded, "site-a", is_retry)
+    return event_pb2.EventBatch.FromString(encoded.SerializeToString())
 
 
 async def test_batch_respects_byte_limit(tmp_path: Path) -> None:
@@ -165,7 +175,7 @@ async def test_batch_respects_byte_limit(tmp_path: Path) -> None:
     await spool.append(events)
     batch = await spool.form_batch(10, 3500)
     assert batch is not None
-    assert batch.to_proto("site-a", is_retry=False).ByteSize() <= 3500
+    assert as_sent(batch, is_retry=False).ByteSize() <= 3500
     assert len(batch.events) == 3
     await spool.close()
 

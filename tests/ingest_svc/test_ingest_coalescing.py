@@ -20,8 +20,9 @@ from inprocess_mesh import (
 from inprocess_mesh import mothership as inprocess_mothership
 from support import Pki, make_config, secure_channel
 
-from gen.edgebot.v1 import event_pb2, ingest_pb2, pipeline_pb2, pipeline_pb2_grpc
+from gen.edgebot.v1 import encoded_pb2, event_pb2, ingest_pb2
 from ingest_svc.coalescing import ProcessCoalescer, Processed
+from ingest_svc.forwarder import PipelineCalls
 from mesh.app import running
 from mesh.timeutil import ns_to_ts
 from pipeline_svc import PipelineServiceConfig
@@ -40,13 +41,15 @@ def too_old(message: str) -> event_pb2.Event:
 class GatedPipeline:
     """A real pipeline service behind a gate: calls wait until the test opens it."""
 
-    def __init__(self, stub: pipeline_pb2_grpc.PipelineServiceStub) -> None:
+    def __init__(self, stub: PipelineCalls) -> None:
         self.stub = stub
         self.gate = asyncio.Event()
         self.called = asyncio.Event()
         self.requests: list[int] = []
 
-    async def __call__(self, request: pipeline_pb2.ProcessRequest) -> pipeline_pb2.ProcessResponse:
+    async def __call__(
+        self, request: encoded_pb2.EncodedProcessRequest
+    ) -> encoded_pb2.EncodedProcessResponse:
         self.requests.append(len(request.batch.events))
         self.called.set()
         await self.gate.wait()
@@ -58,20 +61,29 @@ async def pipeline(pki: Pki) -> AsyncIterator[GatedPipeline]:
     config = make_config(PipelineServiceConfig, pki, "pipeline", pipeline={"max_batch_events": 6})
     async with running(build_pipeline(config)) as app:
         async with secure_channel(app.runtime.ports.grpc, pki.service("ingest")) as channel:
-            yield GatedPipeline(pipeline_pb2_grpc.PipelineServiceStub(channel))
+            yield GatedPipeline(PipelineCalls(channel))
 
 
-def header() -> event_pb2.EventBatch:
-    return event_pb2.EventBatch(batch_id="b", agent_id="site-a", seq=1)
+def header() -> encoded_pb2.EncodedEventBatch:
+    return encoded_pb2.EncodedEventBatch(batch_id="b", agent_id="site-a", seq=1)
+
+
+def encoded(events: list[event_pb2.Event]) -> list[bytes]:
+    return [event.SerializeToString() for event in events]
+
+
+def messages(answer: Processed) -> list[str]:
+    """The messages of the passed events, which come back encoded."""
+    return [event_pb2.Event.FromString(data).message for data in answer.events]
 
 
 async def one_in_flight_then_the_rest(
     pipeline: GatedPipeline, coalescer: ProcessCoalescer, batches: list[list[event_pb2.Event]]
 ) -> list[asyncio.Task[Processed]]:
     """The first batch's call is in flight (held at the gate) before the others arrive."""
-    first = asyncio.create_task(coalescer.process(header(), batches[0]))
+    first = asyncio.create_task(coalescer.process(header(), encoded(batches[0])))
     await pipeline.called.wait()
-    rest = [asyncio.create_task(coalescer.process(header(), b)) for b in batches[1:]]
+    rest = [asyncio.create_task(coalescer.process(header(), encoded(b))) for b in batches[1:]]
     await asyncio.sleep(0.05)
     return [first, *rest]
 
@@ -88,10 +100,10 @@ async def test_batches_waiting_for_a_busy_pipeline_go_in_one_call(
     pipeline.gate.set()
     one, two, three = await asyncio.gather(*answers)
     assert pipeline.requests == [1, 5]
-    assert [e.message for e in one.events] == ["first"]
-    assert [e.message for e in two.events] == ["a", "b"]
+    assert messages(one) == ["first"]
+    assert messages(two) == ["a", "b"]
     assert [(r.error.index, r.error.field) for r in two.rejected] == [(1, "time")]
-    assert [e.message for e in three.events] == ["c"]
+    assert messages(three) == ["c"]
     assert [(r.error.index, r.event.message) for r in three.rejected] == [(0, "old too")]
 
 
@@ -100,13 +112,11 @@ async def test_batches_submitted_in_one_turn_share_a_call_while_slots_are_free(
 ) -> None:
     coalescer = ProcessCoalescer(pipeline, max_events=6, max_calls=4)
     batches = [[make_event(f"{n}.{i}") for i in range(2)] for n in range(3)]
-    answers = [asyncio.create_task(coalescer.process(header(), b)) for b in batches]
+    answers = [asyncio.create_task(coalescer.process(header(), encoded(b))) for b in batches]
     pipeline.gate.set()
     done = await asyncio.gather(*answers)
     assert pipeline.requests == [6]
-    assert [[e.message for e in a.events] for a in done] == [
-        [e.message for e in b] for b in batches
-    ]
+    assert [messages(a) for a in done] == [[e.message for e in b] for b in batches]
 
 
 async def test_a_call_never_carries_more_than_max_events(pipeline: GatedPipeline) -> None:
@@ -130,9 +140,7 @@ async def test_a_merged_call_refused_as_a_whole_is_retried_batch_by_batch(
     pipeline.gate.set()
     done = await asyncio.gather(*answers)
     assert pipeline.requests == [4, 8, 4, 4]
-    assert [[e.message for e in a.events] for a in done] == [
-        [e.message for e in b] for b in batches
-    ]
+    assert [messages(a) for a in done] == [[e.message for e in b] for b in batches]
 
 
 async def test_a_single_batch_the_pipeline_refuses_gets_the_refusal(
@@ -141,7 +149,7 @@ async def test_a_single_batch_the_pipeline_refuses_gets_the_refusal(
     coalescer = ProcessCoalescer(pipeline, max_events=100, max_calls=1)
     pipeline.gate.set()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await coalescer.process(header(), [make_event(str(i)) for i in range(7)])
+        await coalescer.process(header(), encoded([make_event(str(i)) for i in range(7)]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

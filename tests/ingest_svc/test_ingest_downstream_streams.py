@@ -17,15 +17,15 @@ from inprocess_mesh import AgentStream, Mothership, make_batch, make_event, stor
 from inprocess_mesh import mothership as inprocess_mothership
 from support import Pki, secure_channel
 
-from gen.edgebot.v1 import (
-    event_pb2,
-    ingest_pb2,
-    pipeline_pb2,
-    pipeline_pb2_grpc,
-    storage_pb2,
-    storage_pb2_grpc,
+from gen.edgebot.v1 import encoded_pb2, event_pb2, ingest_pb2, storage_pb2
+from ingest_svc.forwarder import (
+    DownstreamStreams,
+    Forwarder,
+    ForwardLimits,
+    PipelineCalls,
+    StorageCalls,
 )
-from ingest_svc.forwarder import DownstreamStreams, Forwarder, ForwardLimits
+from mesh.encoded import stream_call
 from mesh.lockstep import StreamPool, StreamPoolLimits
 
 
@@ -41,17 +41,9 @@ def forwarder_of(mesh: Mothership) -> Forwarder:
     return forwarder
 
 
-PROCESS_STREAM = (pipeline_pb2.ProcessStreamRequest, pipeline_pb2.ProcessStreamResponse)
-WRITE_STREAM = (storage_pb2.WriteStreamRequest, storage_pb2.WriteStreamResponse)
-
-
-def missing(channel: grpc.aio.Channel, service: str, request: Any, response: Any) -> Any:
+def missing(channel: grpc.aio.Channel, service: str, response: Any) -> Any:
     """A stream method the service does not have, with the stream messages' codecs."""
-    return channel.stream_stream(
-        f"/edgebot.v1.{service}/Gone",
-        request_serializer=request.SerializeToString,
-        response_deserializer=response.FromString,
-    )
+    return stream_call(channel, f"/edgebot.v1.{service}/Gone", response.FromString)
 
 
 async def test_batch_after_batch_goes_over_the_same_two_streams(mesh: Mothership, pki: Pki) -> None:
@@ -80,25 +72,30 @@ async def test_services_without_the_stream_methods_get_unary_calls(
     ):
         limits = StreamPoolLimits(timeout_s=5, max_age_s=300)
         older = DownstreamStreams(  # methods an older release does not have
-            process=StreamPool(missing(pipe, "PipelineService", *PROCESS_STREAM), limits),
-            write=StreamPool(missing(store, "StorageService", *WRITE_STREAM), limits),
+            process=StreamPool(
+                missing(pipe, "PipelineService", encoded_pb2.EncodedProcessStreamResponse), limits
+            ),
+            write=StreamPool(
+                missing(store, "StorageService", storage_pb2.WriteStreamResponse), limits
+            ),
         )
         forwarder = Forwarder(
-            pipeline_pb2_grpc.PipelineServiceStub(pipe),
-            storage_pb2_grpc.StorageServiceStub(store),
+            PipelineCalls(pipe),
+            StorageCalls(store),
             ForwardLimits(pipeline_timeout_s=5, storage_timeout_s=5, default_retry_s=1),
             older,
         )
         batch = make_batch("site-a", [make_event("to an older mothership")])
-        header = event_pb2.EventBatch(batch_id=batch.batch_id, agent_id="site-a", seq=1)
-        processed = await forwarder.coalescer.process(header, list(batch.events))
-        request = storage_pb2.WriteRequest(batch=header)
+        header = encoded_pb2.EncodedEventBatch(batch_id=batch.batch_id, agent_id="site-a", seq=1)
+        sent = [event.SerializeToString() for event in batch.events]
+        processed = await forwarder.coalescer.process(header, sent)
+        request = encoded_pb2.EncodedWriteRequest(batch=header)
         request.batch.events.extend(processed.events)
         result = await forwarder.writes.write(request)
 
     assert not older.process.usable
     assert not older.write.usable
-    assert [e.id for e in processed.events] == [batch.events[0].id]
+    assert [event_pb2.Event.FromString(e).id for e in processed.events] == [batch.events[0].id]
     assert result.written.written == 1
     assert await stored_ids(mesh.storage, pki) == [batch.events[0].id]
 
@@ -118,4 +115,4 @@ async def test_a_storage_stopping_is_not_held_up_by_idle_streams(
     streams = forwarder_of(mesh).streams
     assert streams is not None
     with pytest.raises(grpc.aio.AioRpcError):
-        await streams.write.call(storage_pb2.WriteStreamRequest())
+        await streams.write.call(encoded_pb2.EncodedWriteStreamRequest())

@@ -20,8 +20,10 @@ from inprocess_mesh import mothership as inprocess_mothership
 from prometheus_client import REGISTRY
 from support import Pki, secure_channel
 
-from gen.edgebot.v1 import ingest_pb2, storage_pb2, storage_pb2_grpc
+from gen.edgebot.v1 import encoded_pb2, event_pb2, ingest_pb2, storage_pb2
 from ingest_svc.coalescing import WriteCoalescer
+from ingest_svc.forwarder import StorageCalls
+from mesh.encoded import unary_call
 
 CALL_BATCHES = "mothership_ingestion_storage_call_batches"
 
@@ -30,30 +32,27 @@ class GatedStorage:
     """A real storage service behind a gate: calls wait until the test opens it."""
 
     def __init__(self, channel: grpc.aio.Channel, write_many_method: str) -> None:
-        self.stub = storage_pb2_grpc.StorageServiceStub(channel)
-        self.write_many_rpc = channel.unary_unary(
-            write_many_method,
-            request_serializer=storage_pb2.WriteManyRequest.SerializeToString,
-            response_deserializer=storage_pb2.WriteManyResponse.FromString,
+        self.stub = StorageCalls(channel)
+        self.write_many_rpc = unary_call(
+            channel, write_many_method, storage_pb2.WriteManyResponse.FromString
         )
         self.gate = asyncio.Event()
         self.called = asyncio.Event()
         self.calls: list[tuple[str, int]] = []
 
-    async def write(self, request: storage_pb2.WriteRequest) -> storage_pb2.WriteResponse:
+    async def write(self, request: encoded_pb2.EncodedWriteRequest) -> storage_pb2.WriteResponse:
         self.calls.append(("Write", 1))
         self.called.set()
         await self.gate.wait()
         return await self.stub.Write(request, timeout=5)
 
     async def write_many(
-        self, request: storage_pb2.WriteManyRequest
+        self, request: encoded_pb2.EncodedWriteManyRequest
     ) -> storage_pb2.WriteManyResponse:
         self.calls.append(("WriteMany", len(request.writes)))
         self.called.set()
         await self.gate.wait()
-        response: storage_pb2.WriteManyResponse = await self.write_many_rpc(request, timeout=5)
-        return response
+        return await self.write_many_rpc(request, timeout=5)
 
 
 @pytest.fixture
@@ -68,15 +67,22 @@ async def storage_channel(mesh: Mothership, pki: Pki) -> AsyncIterator[grpc.aio.
         yield channel
 
 
-def write(name: str, count: int, batch_id: str | None = None) -> storage_pb2.WriteRequest:
+def write(name: str, count: int, batch_id: str | None = None) -> encoded_pb2.EncodedWriteRequest:
+    """A write as ingest sends it: the batch's events encoded."""
     batch = make_batch("site-a", [make_event(f"{name}.{n}") for n in range(count)])
     if batch_id is not None:
         batch.batch_id = batch_id
-    return storage_pb2.WriteRequest(batch=batch)
+    request = encoded_pb2.EncodedWriteRequest()
+    request.ParseFromString(storage_pb2.WriteRequest(batch=batch).SerializeToString())
+    return request
+
+
+def ids_of(request: encoded_pb2.EncodedWriteRequest) -> list[str]:
+    return [event_pb2.Event.FromString(data).id for data in request.batch.events]
 
 
 async def one_in_flight_then_the_rest(
-    storage: GatedStorage, coalescer: WriteCoalescer, writes: list[storage_pb2.WriteRequest]
+    storage: GatedStorage, coalescer: WriteCoalescer, writes: list[encoded_pb2.EncodedWriteRequest]
 ) -> list[asyncio.Task[storage_pb2.WriteResult]]:
     first = asyncio.create_task(coalescer.write(writes[0]))
     await storage.called.wait()
@@ -99,7 +105,7 @@ async def test_writes_waiting_for_a_busy_storage_go_in_one_write_many(
     assert storage.calls == [("Write", 1), ("WriteMany", 3)]
     assert [r.written.written for r in (first, a, c)] == [2, 3, 2]
     assert nameless.failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
-    expected = [e.id for w in (writes[0], writes[1], writes[3]) for e in w.batch.events]
+    expected = [i for w in (writes[0], writes[1], writes[3]) for i in ids_of(w)]
     assert sorted(await stored_ids(mesh.storage, pki)) == sorted(expected)
 
 
