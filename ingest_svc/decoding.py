@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
-from gen.edgebot.v1 import event_pb2, ingest_pb2
+from gen.edgebot.v1 import encoded_pb2, event_pb2, ingest_pb2
 
 WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH_DELIMITED, WIRE_FIXED32 = 0, 1, 2, 5
 MAX_VARINT_BYTES = 10
@@ -39,6 +39,9 @@ class Incoming(Generic[RequestT]):
     """Events of the batch (by index) that could not be parsed, and why."""
     problem: Problem | None = None
     """Set when the request as a whole cannot be read; ``request`` is then empty."""
+    encoded: encoded_pb2.EncodedEventBatch | None = None
+    """The batch again with its events as received (encoded), when the request parsed
+    whole: forwarded as they are instead of serialized again."""
 
 
 class WireError(ValueError):
@@ -56,16 +59,20 @@ class WireField:
 
 def decode_stream_request(data: bytes) -> Incoming[ingest_pb2.StreamRequest]:
     try:
-        return Incoming(ingest_pb2.StreamRequest.FromString(data))
+        request = ingest_pb2.StreamRequest.FromString(data)
     except DecodeError:
         return _salvage(data, ingest_pb2.StreamRequest, STREAM_BATCH_FIELD)
+    if request.WhichOneof("kind") != "batch":
+        return Incoming(request)
+    return Incoming(request, encoded=encoded_pb2.EncodedStreamRequest.FromString(data).batch)
 
 
 def decode_push_request(data: bytes) -> Incoming[ingest_pb2.PushRequest]:
     try:
-        return Incoming(ingest_pb2.PushRequest.FromString(data))
+        request = ingest_pb2.PushRequest.FromString(data)
     except DecodeError:
         return _salvage(data, ingest_pb2.PushRequest, PUSH_BATCH_FIELD)
+    return Incoming(request, encoded=encoded_pb2.EncodedPushRequest.FromString(data).batch)
 
 
 def _salvage(data: bytes, message: type[RequestT], batch_field: int) -> Incoming[RequestT]:

@@ -174,8 +174,7 @@ class Forwarder:
         """The pipeline's answer, its indexes turned into positions in ``batch``."""
         if not checked.valid:
             return Processed([], [], [])
-        encoded = [event.SerializeToString() for event in checked.valid]
-        processed = await self.coalescer.process(_copy_header(batch), encoded)
+        processed = await self.coalescer.process(_copy_header(batch), checked.valid_encoded)
         if len(checked.valid_index) == len(batch.events):
             return processed
         position = checked.valid_index

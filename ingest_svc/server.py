@@ -15,6 +15,7 @@ import grpc
 from opentelemetry import trace
 
 from gen.edgebot.v1 import (
+    encoded_pb2,
     event_pb2,
     ingest_pb2,
     pipeline_pb2,
@@ -197,15 +198,18 @@ class IngestServicer:
         batch: event_pb2.EventBatch,
         undecodable: Mapping[int, Problem] | None = None,
         transport: str = "grpc",
+        encoded: encoded_pb2.EncodedEventBatch | None = None,
     ) -> Delivery:
         """Validate, forward and account one batch; never raises for downstream trouble.
 
         ``undecodable`` names the events (by index) that could not be parsed at all;
-        ``transport`` (grpc, nats) labels the ingestion metrics."""
+        ``transport`` (grpc, nats) labels the ingestion metrics; ``encoded`` is the batch
+        as received, its events encoded (Incoming.encoded)."""
         started = time.perf_counter()
         metrics.EVENTS.labels(transport).inc(len(batch.events))
         with batch_span(batch) as span:
-            problem = batch_problem(batch, batch.ByteSize(), self.limits)
+            size = batch.ByteSize() if encoded is None else encoded.ByteSize()
+            problem = batch_problem(batch, size, self.limits)
             if problem is not None:
                 delivery = Delivery(
                     status=ingest_pb2.ACK_STATUS_REJECTED,
@@ -216,7 +220,12 @@ class IngestServicer:
                 async with self.capacity:
                     metrics.INFLIGHT_BATCHES.inc()
                     try:
-                        checked = check_events(batch, self.limits, undecodable)
+                        checked = check_events(
+                            batch,
+                            self.limits,
+                            undecodable,
+                            None if encoded is None else encoded.events,
+                        )
                         delivery = await self._deliver(batch, checked)
                     finally:
                         metrics.INFLIGHT_BATCHES.dec()
@@ -258,7 +267,7 @@ class IngestServicer:
                 "AGENT_ID_MISMATCH",
             )
         await self._refuse_if_saturated(context)
-        delivery = await self.handle_batch(batch, incoming.undecodable)
+        delivery = await self.handle_batch(batch, incoming.undecodable, encoded=incoming.encoded)
         if delivery.status == ingest_pb2.ACK_STATUS_REJECTED:
             field_name, _, reason = delivery.message.partition(": ")
             await abort_invalid(context, field_name or "batch", reason or delivery.message)
@@ -404,9 +413,7 @@ class _StreamSession:
                     self.window.release()
                     await problem
                     return
-                task = asyncio.create_task(
-                    self._handle(incoming.request.batch, incoming.undecodable)
-                )
+                task = asyncio.create_task(self._handle(incoming))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
             while self.tasks:
@@ -436,9 +443,12 @@ class _StreamSession:
             )
         return None
 
-    async def _handle(self, batch: event_pb2.EventBatch, undecodable: dict[int, Problem]) -> None:
+    async def _handle(self, incoming: Incoming[ingest_pb2.StreamRequest]) -> None:
+        batch = incoming.request.batch
         try:
-            delivery = await self.servicer.handle_batch(batch, undecodable)
+            delivery = await self.servicer.handle_batch(
+                batch, incoming.undecodable, encoded=incoming.encoded
+            )
             await self.acks.put(ingest_pb2.StreamResponse(ack=_ack(batch, delivery)))
         finally:
             self.window.release()

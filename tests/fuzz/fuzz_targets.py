@@ -42,7 +42,7 @@ def accepted_by_ingest(event: event_pb2.Event) -> None:
     """The event survives the wire and ingest's per-event checks with default limits."""
     wire = event.SerializeToString()
     assert event_pb2.Event.FromString(wire) == event
-    problem = event_problem(event, INGEST_DEFAULTS)
+    problem = event_problem(event, INGEST_DEFAULTS, event.ByteSize())
     assert problem is None, f"ingest would refuse the event: {problem}"
 
 
@@ -243,6 +243,11 @@ def ingest_request(data: bytes) -> None:
         return
     checked = check_events(batch, INGEST_DEFAULTS, incoming.undecodable)
     assert len(checked.valid) + len(checked.errors) == len(batch.events)
+    if incoming.encoded is not None:  # the bytes as received decide as re-encoding does
+        as_received = check_events(batch, INGEST_DEFAULTS, encoded=incoming.encoded.events)
+        assert as_received.valid_index == checked.valid_index
+        parsed = [event_pb2.Event.FromString(data) for data in as_received.valid_encoded]
+        assert parsed == checked.valid
     assert {e.index for e in checked.errors} >= set(incoming.undecodable)
     assert all(error.field and error.reason for error in checked.errors)
     _count("ingest_request", "events accepted", len(checked.valid))

@@ -27,7 +27,7 @@ from gen.edgebot.v1 import ingest_pb2 as edgebot_dot_v1_dot_ingest__pb2
 from gen.edgebot.v1 import pipeline_pb2 as edgebot_dot_v1_dot_pipeline__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gebot/v1/encoded.proto\x12\nedgebot.v1\x1a\x16\x65\x64gebot/v1/event.proto\x1a\x17\x65\x64gebot/v1/ingest.proto\x1a\x19\x65\x64gebot/v1/pipeline.proto\"\xe3\x01\n\x11\x45ncodedEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08is_retry\x18\x04 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x05 \x03(\x0c\x12\x46\n\rtrace_context\x18\x06 \x03(\x0b\x32/.edgebot.v1.EncodedEventBatch.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x14\x45ncodedStreamRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.edgebot.v1.HelloH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatchH\x00\x42\x06\n\x04kind\"E\n\x15\x45ncodedProcessRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatch\"\xb0\x01\n\x16\x45ncodedProcessResponse\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x12(\n\x08rejected\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\x12)\n\x05stats\x18\x04 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats\"\xd8\x01\n\x1b\x45ncodedProcessStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.edgebot.v1.EncodedProcessRequest\x12P\n\rtrace_context\x18\x02 \x03(\x0b\x32\x39.edgebot.v1.EncodedProcessStreamRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x1c\x45ncodedProcessStreamResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".edgebot.v1.EncodedProcessResponse\"\xa4\x01\n\x13\x45ncodedWriteRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatch\x12,\n\x0c\x64\x65\x61\x64_letters\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\"J\n\x17\x45ncodedWriteManyRequest\x12/\n\x06writes\x18\x01 \x03(\x0b\x32\x1f.edgebot.v1.EncodedWriteRequest\"\xd1\x01\n\x19\x45ncodedWriteStreamRequest\x12/\n\x06writes\x18\x01 \x03(\x0b\x32\x1f.edgebot.v1.EncodedWriteRequest\x12N\n\rtrace_context\x18\x02 \x03(\x0b\x32\x37.edgebot.v1.EncodedWriteStreamRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gebot/v1/encoded.proto\x12\nedgebot.v1\x1a\x16\x65\x64gebot/v1/event.proto\x1a\x17\x65\x64gebot/v1/ingest.proto\x1a\x19\x65\x64gebot/v1/pipeline.proto\"\xe3\x01\n\x11\x45ncodedEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12\x10\n\x08is_retry\x18\x04 \x01(\x08\x12\x0e\n\x06\x65vents\x18\x05 \x03(\x0c\x12\x46\n\rtrace_context\x18\x06 \x03(\x0b\x32/.edgebot.v1.EncodedEventBatch.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"r\n\x14\x45ncodedStreamRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.edgebot.v1.HelloH\x00\x12.\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatchH\x00\x42\x06\n\x04kind\"B\n\x12\x45ncodedPushRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatch\"E\n\x15\x45ncodedProcessRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatch\"\xb0\x01\n\x16\x45ncodedProcessResponse\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x12(\n\x08rejected\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\x12)\n\x05stats\x18\x04 \x03(\x0b\x32\x1a.edgebot.v1.ProcessorStats\"\xd8\x01\n\x1b\x45ncodedProcessStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.edgebot.v1.EncodedProcessRequest\x12P\n\rtrace_context\x18\x02 \x03(\x0b\x32\x39.edgebot.v1.EncodedProcessStreamRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x1c\x45ncodedProcessStreamResponse\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32\".edgebot.v1.EncodedProcessResponse\"\xa4\x01\n\x13\x45ncodedWriteRequest\x12,\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x1d.edgebot.v1.EncodedEventBatch\x12,\n\x0c\x64\x65\x61\x64_letters\x18\x02 \x03(\x0b\x32\x16.edgebot.v1.DeadLetter\x12\x31\n\x0bquarantined\x18\x03 \x03(\x0b\x32\x1c.edgebot.v1.QuarantinedEvent\"J\n\x17\x45ncodedWriteManyRequest\x12/\n\x06writes\x18\x01 \x03(\x0b\x32\x1f.edgebot.v1.EncodedWriteRequest\"\xd1\x01\n\x19\x45ncodedWriteStreamRequest\x12/\n\x06writes\x18\x01 \x03(\x0b\x32\x1f.edgebot.v1.EncodedWriteRequest\x12N\n\rtrace_context\x18\x02 \x03(\x0b\x32\x37.edgebot.v1.EncodedWriteStreamRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,22 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODEDEVENTBATCH_TRACECONTEXTENTRY']._serialized_end=344
   _globals['_ENCODEDSTREAMREQUEST']._serialized_start=346
   _globals['_ENCODEDSTREAMREQUEST']._serialized_end=460
-  _globals['_ENCODEDPROCESSREQUEST']._serialized_start=462
-  _globals['_ENCODEDPROCESSREQUEST']._serialized_end=531
-  _globals['_ENCODEDPROCESSRESPONSE']._serialized_start=534
-  _globals['_ENCODEDPROCESSRESPONSE']._serialized_end=710
-  _globals['_ENCODEDPROCESSSTREAMREQUEST']._serialized_start=713
-  _globals['_ENCODEDPROCESSSTREAMREQUEST']._serialized_end=929
+  _globals['_ENCODEDPUSHREQUEST']._serialized_start=462
+  _globals['_ENCODEDPUSHREQUEST']._serialized_end=528
+  _globals['_ENCODEDPROCESSREQUEST']._serialized_start=530
+  _globals['_ENCODEDPROCESSREQUEST']._serialized_end=599
+  _globals['_ENCODEDPROCESSRESPONSE']._serialized_start=602
+  _globals['_ENCODEDPROCESSRESPONSE']._serialized_end=778
+  _globals['_ENCODEDPROCESSSTREAMREQUEST']._serialized_start=781
+  _globals['_ENCODEDPROCESSSTREAMREQUEST']._serialized_end=997
   _globals['_ENCODEDPROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._serialized_start=293
   _globals['_ENCODEDPROCESSSTREAMREQUEST_TRACECONTEXTENTRY']._serialized_end=344
-  _globals['_ENCODEDPROCESSSTREAMRESPONSE']._serialized_start=931
-  _globals['_ENCODEDPROCESSSTREAMRESPONSE']._serialized_end=1015
-  _globals['_ENCODEDWRITEREQUEST']._serialized_start=1018
-  _globals['_ENCODEDWRITEREQUEST']._serialized_end=1182
-  _globals['_ENCODEDWRITEMANYREQUEST']._serialized_start=1184
-  _globals['_ENCODEDWRITEMANYREQUEST']._serialized_end=1258
-  _globals['_ENCODEDWRITESTREAMREQUEST']._serialized_start=1261
-  _globals['_ENCODEDWRITESTREAMREQUEST']._serialized_end=1470
+  _globals['_ENCODEDPROCESSSTREAMRESPONSE']._serialized_start=999
+  _globals['_ENCODEDPROCESSSTREAMRESPONSE']._serialized_end=1083
+  _globals['_ENCODEDWRITEREQUEST']._serialized_start=1086
+  _globals['_ENCODEDWRITEREQUEST']._serialized_end=1250
+  _globals['_ENCODEDWRITEMANYREQUEST']._serialized_start=1252
+  _globals['_ENCODEDWRITEMANYREQUEST']._serialized_end=1326
+  _globals['_ENCODEDWRITESTREAMREQUEST']._serialized_start=1329
+  _globals['_ENCODEDWRITESTREAMREQUEST']._serialized_end=1538
   _globals['_ENCODEDWRITESTREAMREQUEST_TRACECONTEXTENTRY']._serialized_start=293
   _globals['_ENCODEDWRITESTREAMREQUEST_TRACECONTEXTENTRY']._serialized_end=344
 # @@protoc_insertion_point(module_scope)

@@ -121,6 +121,28 @@ class EncodedStreamRequest(_message.Message):
 Global___EncodedStreamRequest: _TypeAlias = EncodedStreamRequest  # noqa: Y015
 
 @_typing.final
+class EncodedPushRequest(_message.Message):
+    """PushRequest with its batch's events encoded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___EncodedEventBatch: ...
+    def __init__(
+        self,
+        *,
+        batch: Global___EncodedEventBatch | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncodedPushRequest: _TypeAlias = EncodedPushRequest  # noqa: Y015
+
+@_typing.final
 class EncodedProcessRequest(_message.Message):
     """ProcessRequest with its batch's events encoded."""
 
