@@ -49,6 +49,9 @@ class QualityValidation(Processor):
     def __init__(self, name: str, settings: Settings) -> None:
         super().__init__(name, settings)
         self.required = tuple(self.settings.required)
+        self.smallest_text_limit = min(
+            self.settings.max_message_bytes, self.settings.max_value_bytes
+        )
 
     def process(self, items: list[Item]) -> Outcome:
         outcome = Outcome()
@@ -60,13 +63,14 @@ class QualityValidation(Processor):
                 outcome.rejected.append(Rejection(item.index, item.event, field, reason, self.name))
         return outcome
 
-    def _problem(self, event: event_pb2.Event, latest_ns: int) -> tuple[str, str] | None:
-        time = event.time
-        has_time = time.seconds != 0 or time.nanos != 0
-        for name in self.required:
-            if not (has_time if name == "time" else getattr(event, name)):
-                return name, "required"
+    def _size_problem(self, event: event_pb2.Event) -> tuple[str, str] | None:
         limits = self.settings
+        # No text is longer than the whole encoded event, so a small event needs no
+        # look at each text (upb sizes it in C; the loop below is Python).
+        if event.ByteSize() <= self.smallest_text_limit:
+            if len(event.attributes) > limits.max_attributes:
+                return "attributes", f"more than {limits.max_attributes} entries"
+            return None
         if _utf8_over(event.message, limits.max_message_bytes):
             return "message", f"longer than {limits.max_message_bytes} bytes"
         if len(event.attributes) > limits.max_attributes:
@@ -75,6 +79,17 @@ class QualityValidation(Processor):
             for key in values:  # faster than .items() on protobuf maps
                 if _utf8_over(values[key], limits.max_value_bytes):
                     return f"{map_name}[{key}]", f"longer than {limits.max_value_bytes} bytes"
+        return None
+
+    def _problem(self, event: event_pb2.Event, latest_ns: int) -> tuple[str, str] | None:
+        time = event.time
+        has_time = time.seconds != 0 or time.nanos != 0
+        for name in self.required:
+            if not (has_time if name == "time" else getattr(event, name)):
+                return name, "required"
+        problem = self._size_problem(event)
+        if problem is not None:
+            return problem
         if has_time:
             when = ts_to_ns(time)
             if when < self.settings.earliest_ns:

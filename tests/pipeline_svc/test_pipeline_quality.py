@@ -51,3 +51,14 @@ async def test_required_fields_are_configurable() -> None:
     result = await pipeline.run([event("no-host"), event("has-host", host="gw")])
     assert [e.id for e in result.events] == ["has-host"]
     assert [(r.field, r.reason) for r in result.rejected] == [("host", "required")]
+
+
+async def test_small_limits_count_utf8_bytes_of_each_text() -> None:
+    section = PipelineSection.model_validate(
+        {"processors": [{"type": "quality_validation", "max_value_bytes": 11}]}
+    )
+    pipeline = Pipeline.from_config(section)
+    fits, over = event("fits", tags={"note": "é" * 5}), event("over", tags={"note": "é" * 6})
+    result = await pipeline.run([fits, over])
+    assert [e.id for e in result.events] == ["fits"]
+    assert [(r.event.id, r.field) for r in result.rejected] == [("over", "tags[note]")]

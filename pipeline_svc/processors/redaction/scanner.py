@@ -168,12 +168,12 @@ class Scanner:
         """``text`` with every validated finding replaced; adds to ``counts`` per kind.
 
         ``cache`` suits values that repeat (attributes); messages rarely do."""
-        if self._short_digits(text):
-            return text
-        if not cache or len(text) > self._cache_chars:
-            return self._mask(text, counts)
-        cached = self._mask_cache.get(text)
+        cached = self._mask_cache.get(text) if cache else None
         if cached is None:
+            if self._short_digits(text):
+                return text
+            if not cache or len(text) > self._cache_chars:
+                return self._mask(text, counts)
             found: Counts = {}
             cached = (self._mask(text, found), tuple(found.items()) or _NO_COUNTS)
             self._remember(self._mask_cache, text, cached)
@@ -183,12 +183,12 @@ class Scanner:
 
     def find(self, text: str, cache: bool = True) -> frozenset[str]:
         """The kinds of the validated findings in ``text`` (empty when clean)."""
-        if self._short_digits(text):
-            return _CLEAN
-        if not cache or len(text) > self._cache_chars:
-            return self._find(text)
-        cached = self._find_cache.get(text)
+        cached = self._find_cache.get(text) if cache else None
         if cached is None:
+            if self._short_digits(text):
+                return _CLEAN
+            if not cache or len(text) > self._cache_chars:
+                return self._find(text)
             cached = self._find(text)
             self._remember(self._find_cache, text, cached)
         return cached
