@@ -18,13 +18,13 @@ from gen.edgebot.v1 import (
     encoded_pb2,
     event_pb2,
     ingest_pb2,
-    pipeline_pb2,
-    storage_pb2,
 )
 from ingest_svc import metrics
 from ingest_svc.config import IngestSection, IngestServiceConfig
 from ingest_svc.decoding import Incoming, Problem, decode_push_request, decode_stream_request
 from ingest_svc.forwarder import (
+    PIPELINE,
+    STORAGE,
     Delivery,
     DownstreamStreams,
     Forwarder,
@@ -45,8 +45,8 @@ from mesh.types import Context
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("edgebot.ingest")
 SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
-PIPELINE_SERVICE = pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name
-STORAGE_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].full_name
+PIPELINE_SERVICE = PIPELINE.full_name
+STORAGE_SERVICE = STORAGE.full_name
 NATS_HEALTH = "edgebot.ingest.nats"
 """Health entry of the NATS input: SERVING while it is connected and its consumer bound."""
 VERSION = "0.1.0"
